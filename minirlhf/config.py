@@ -1,0 +1,248 @@
+"""Pipeline configuration: one pydantic model per stage, gathered in `PipelineConfig`.
+
+Usage:
+    from minirlhf.config import load_config
+    cfg = load_config("configs/demo.yaml", overrides=["ppo.kl_coef=0.02", "sft.num_train_epochs=2"])
+    cfg.ppo.kl_coef  # 0.02
+
+Config is data: every field has a default, a type and limits. An unknown key or a bad value fails at
+load with `ConfigError`, which names the field path (`sft.learning_rate`) and, where the field is a
+choice, the allowed values. Field names follow the papers (`kl_coef`, `cliprange`, `gamma`, `lam`) and
+carry through to variables, metric names and SQL columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """What the policy is trained on: the embedded offline task (default) or HH-RLHF rows."""
+
+    source: Literal["embedded", "hh"] = "embedded"
+    seed: int = 0
+    # Embedded task sizes (docs/TASK.md).
+    n_sft: int = Field(2000, ge=10, description="SFT demonstrations")
+    n_pairs_train: int = Field(2400, ge=10, description="preference pairs for reward-model training")
+    n_pairs_test: int = Field(500, ge=10, description="held-out preference pairs")
+    n_rl_prompts: int = Field(512, ge=1, description="prompts PPO samples from")
+    n_eval_prompts: int = Field(200, ge=1, description="held-out prompts for evaluation")
+    # Bradley-Terry label noise: P(a preferred over b) = sigmoid((gold_a - gold_b) / label_noise).
+    label_noise: float = Field(0.25, gt=0, description="Bradley-Terry temperature of the simulated annotator")
+    # The spurious feature: a filler phrase attached more often to the better answer of a pair, so the
+    # preference data correlates it with "chosen" although the gold annotator mildly penalises it.
+    filler_rate_better: float = Field(0.5, ge=0, le=1)
+    filler_rate_worse: float = Field(0.15, ge=0, le=1)
+    filler_rate_sft: float = Field(0.15, ge=0, le=1, description="filler rate in SFT demonstrations")
+    # HH-RLHF source (data.source = "hh"): a local .jsonl(.gz) file/dir, or the hub id "Anthropic/hh-rlhf".
+    hh_path: str | None = None
+    hh_data_dir: str | None = "harmless-base"
+    hh_split: str = "test"
+    hh_n_train: int = Field(1500, ge=1, description="first N rows train, the rest are held out")
+    hh_limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _hh_needs_path(self) -> "DataConfig":
+        if self.source == "hh" and not self.hh_path:
+            raise ValueError("data.source='hh' needs data.hh_path (a .jsonl/.jsonl.gz path or 'Anthropic/hh-rlhf')")
+        return self
+
+
+class TinyModelConfig(_Section):
+    """A GPT-2 built from scratch, with a BPE tokenizer trained on the task corpus."""
+
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_positions: int = Field(256, ge=16)
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary trained with `tokenizers`")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class ModelConfig(_Section):
+    """Which models. `policy`: 'tiny' | 'smollm2' | a hub id ('gpt2') | a local directory.
+    `reward_backbone`: 'sft' (start from the SFT checkpoint, as in Ouyang et al. 2022) | 'minilm' | hub id | dir."""
+
+    policy: str = "tiny"
+    gguf_file: str | None = None
+    reward_backbone: str = "sft"
+    tiny: TinyModelConfig = TinyModelConfig()
+    max_prompt_length: int = Field(64, ge=4, description="tokens; longer prompts are cut from the left")
+    trust_remote_code: bool = False
+
+
+class SFTConfig(_Section):
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    num_train_epochs: float = Field(4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8, description="prompt + completion tokens")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: int = Field(10, ge=1)
+
+
+class RewardConfig(_Section):
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    num_train_epochs: float = Field(4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: int = Field(10, ge=1)
+    # Eisenstein et al. 2023 / TRL: keeps scores centred near zero, which PPO's value function likes.
+    center_rewards_coefficient: float | None = Field(0.01, ge=0)
+
+
+class PPOConfig(_Section):
+    """Our PPO (minirlhf/ppo). Names as in Ziegler et al. 2019 and Huang et al. 2024."""
+
+    steps: int = Field(60, ge=1, description="PPO iterations (rollout + update)")
+    batch_size: int = Field(64, ge=1, description="episodes per rollout")
+    mini_batch_size: int = Field(16, ge=1)
+    num_ppo_epochs: int = Field(4, ge=1)
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    response_length: int = Field(24, ge=1, description="max new tokens per response")
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.05, ge=0, description="beta of the per-token KL penalty")
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    kl_target: float = Field(6.0, gt=0)
+    kl_horizon: int = Field(10000, ge=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    whiten_rewards: bool = False
+    missing_eos_penalty: float | None = Field(-1.0, le=0, description="added to the score of responses without EOS")
+    value_model: Literal["separate", "head"] = "separate"
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Instability guard: stop with PPOUnstable when crossed.
+    max_kl: float = Field(50.0, gt=0, description="mean sequence KL above which the run is unstable")
+    max_ratio: float = Field(100.0, gt=1, description="policy ratio above which the run is unstable")
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    sample_every: int = Field(10, ge=1, description="steps between sampled responses written to the store")
+    lr_scale_on_retry: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _minibatches_divide(self) -> "PPOConfig":
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
+        return self
+
+
+class EvalConfig(_Section):
+    n_prompts: int = Field(200, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+    seed: int = 1234
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline. `output_dir` holds checkpoints, `rlhf.duckdb` and reports."""
+
+    name: str = "demo"
+    seed: int = 0
+    output_dir: Path = Path("artifacts")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def section_json(self, *sections: str) -> str:
+        """Canonical JSON of some sections: the part of the config a stage's cache key depends on."""
+        dumped = self.model_dump(mode="json")
+        return json.dumps({s: dumped[s] for s in sections}, sort_keys=True)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each bad field path."""
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names valid at the parent of `loc` (for 'unknown key' messages)."""
+    model: type[BaseModel] = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(e["loc"]))
+            lines.append(f"  {path}: unknown key. Allowed keys here: {allowed}")
+        else:
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            lines.append(f"  {path}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'ppo.kl_coef=0.02' -> ('ppo.kl_coef', 0.02). The value is read as YAML (numbers, bools, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. --set ppo.kl_coef=0.02")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def build_config(tree: dict | None = None, overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> PipelineConfig:
+    tree = json.loads(json.dumps(tree or {}, default=str))  # deep copy; YAML dates etc. become strings
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a YAML config (or the defaults when `path` is None) and apply `section.field=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}. Try configs/demo.yaml.")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    return build_config(tree, overrides, source=str(path) if path else "defaults")

@@ -1,0 +1,134 @@
+"""Evaluate policies on held-out prompts: proxy and gold reward, KL to SFT, win rates, length, diversity.
+
+Usage:
+    from minirlhf.evaluate import run_eval
+    result = run_eval(cfg, data_dir, reward_dir, {"sft": sft_dir, "ppo": ppo_dir}, out_dir, logger)
+    result.metrics["eval/ppo/gold_reward"], result.metrics["eval/ppo/win_rate_gold"]
+
+Every policy answers the same prompts with the same sampling seed. Metric names: `eval/<policy>/<name>`:
+  proxy_reward, gold_reward   mean reward-model score and mean gold score (embedded task only)
+  kl                          sequence-level KL to SFT, estimated on the policy's own samples:
+                              mean over samples of sum_t [log pi(y_t) - log pi_sft(y_t)] (k1)
+  win_rate_gold, tie_rate_gold, win_rate_proxy
+                              share of prompts whose response beats SFT's on the same prompt (strictly)
+  response_length, eos_rate, distinct_1, distinct_2, refusal_rate_benign, refusal_rate_harmful
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from minirlhf.config import PipelineConfig
+from minirlhf.data.gold import is_refusal
+from minirlhf.data.task import read_jsonl
+from minirlhf.models import load_policy, load_reward_model
+from minirlhf.ppo import core
+from minirlhf.ppo.trainer import gold_or_none, left_pad, position_ids_from
+from minirlhf.reward import score_texts
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+from transformers import GenerationConfig
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int, batch_size: int = 64):
+    """Sample one response per prompt. Returns (response texts, response ids, masks, query ids, query masks)."""
+    gen = GenerationConfig(do_sample=True, temperature=cfg.eval.temperature, top_k=0, top_p=1.0,
+                           max_new_tokens=cfg.eval.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
+    policy.eval()
+    torch.manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        encoded = [ids[-cfg.model.max_prompt_length :] for ids in tokenizer(prompts[i : i + batch_size], add_special_tokens=False)["input_ids"]]
+        query_ids, query_mask = left_pad(encoded, tokenizer.pad_token_id)
+        response_ids = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen)[:, query_ids.shape[1] :]
+        mask, has_eos = core.response_mask_from_eos(response_ids, tokenizer.eos_token_id)
+        texts = [tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
+        out.append((texts, response_ids, mask.float(), has_eos, query_ids, query_mask))
+    return out
+
+
+@torch.no_grad()
+def sequence_logprob(model, query_ids, query_mask, response_ids, response_mask, temperature: float) -> torch.Tensor:
+    input_ids = torch.cat([query_ids, response_ids], 1)
+    attention_mask = torch.cat([query_mask, (response_mask > 0).long()], 1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from(attention_mask)).logits
+    logits = logits[:, query_ids.shape[1] - 1 : -1] / temperature
+    return core.masked_sum(core.logprobs_from_logits(logits, response_ids), response_mask, dim=1)  # (batch,)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(t.split()[i : i + n]) for t in texts for i in range(max(0, len(t.split()) - n + 1))]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def evaluate_policy(name: str, policy, tokenizer, sft_policy, rm, rm_tokenizer, rows: list[dict], cfg: PipelineConfig) -> tuple[dict, list[dict]]:
+    prompts = [r["prompt"] for r in rows]
+    texts, kls, eos = [], [], []
+    for batch_texts, response_ids, mask, has_eos, query_ids, query_mask in sample(policy, tokenizer, prompts, cfg, cfg.eval.seed):
+        logp = sequence_logprob(policy, query_ids, query_mask, response_ids, mask, cfg.eval.temperature)
+        ref_logp = sequence_logprob(sft_policy, query_ids, query_mask, response_ids, mask, cfg.eval.temperature)
+        texts += batch_texts
+        kls += (logp - ref_logp).tolist()
+        eos += has_eos.tolist()
+    proxy = score_texts(rm, rm_tokenizer, prompts, texts).tolist()
+    gold = [gold_or_none(p, t) for p, t in zip(prompts, texts)]
+    samples = [{"prompt_id": r.get("prompt_id"), "intent": r.get("intent"), "prompt": p, "response": t, "proxy_reward": s, "gold_reward": g, "kl": k}
+               for r, p, t, s, g, k in zip(rows, prompts, texts, proxy, gold, kls)]
+    m = {
+        "proxy_reward": sum(proxy) / len(proxy),
+        "kl": sum(kls) / len(kls),
+        "response_length": sum(len(t.split()) for t in texts) / len(texts),
+        "eos_rate": sum(eos) / len(eos),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+    }
+    if all(g is not None for g in gold):
+        m["gold_reward"] = sum(gold) / len(gold)
+    for intent in ("benign", "harmful"):
+        refusals = [is_refusal(s["response"]) for s in samples if s["intent"] == intent]
+        if refusals:
+            m[f"refusal_rate_{intent}"] = sum(refusals) / len(refusals)
+    return {f"eval/{name}/{k}": v for k, v in m.items()}, samples
+
+
+def win_rates(name: str, samples: list[dict], baseline: list[dict]) -> dict[str, float]:
+    out = {}
+    for key, label in (("gold_reward", "gold"), ("proxy_reward", "proxy")):
+        pairs = [(a[key], b[key]) for a, b in zip(samples, baseline) if a[key] is not None and b[key] is not None]
+        if pairs:
+            out[f"eval/{name}/win_rate_{label}"] = sum(a > b for a, b in pairs) / len(pairs)
+            out[f"eval/{name}/tie_rate_{label}"] = sum(a == b for a, b in pairs) / len(pairs)
+    return out
+
+
+def run_eval(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, policies: dict[str, Path], out_dir: Path,
+             logger: MetricLogger | None = None) -> StageResult:
+    """Evaluate each policy in `policies` (which must include "sft", the KL and win-rate baseline)."""
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    rows = read_jsonl(Path(data_dir) / "eval_prompts.jsonl")[: cfg.eval.n_prompts]
+    rm_tokenizer, rm = load_reward_model(str(reward_dir))
+    rm.eval()
+    tokenizer, sft_policy = load_policy(str(policies["sft"]))
+    metrics: dict[str, float] = {}
+    all_samples: dict[str, list[dict]] = {}
+    for name, path in policies.items():
+        policy = sft_policy if name == "sft" else load_policy(str(path))[1]
+        m, samples = evaluate_policy(name, policy, tokenizer, sft_policy, rm, rm_tokenizer, rows, cfg)
+        metrics |= m
+        all_samples[name] = samples
+        logger.log_samples(samples, step=0, policy=name)
+    for name, samples in all_samples.items():
+        if name != "sft":
+            metrics |= win_rates(name, samples, all_samples["sft"])
+    result = StageResult("eval", "", "", metrics=metrics)
+    with stage_output(out_dir, result) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (tmp / "samples.json").write_text(json.dumps(all_samples, indent=1))
+        result.seconds = time.perf_counter() - started
+    return result

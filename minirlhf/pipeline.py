@@ -1,0 +1,139 @@
+"""Run the stages in order without an orchestrator, skipping those whose output is already complete.
+
+Usage:
+    from minirlhf.config import load_config
+    from minirlhf.pipeline import run_pipeline
+    results = run_pipeline(load_config("configs/demo.yaml"))   # {"data": StageResult, "sft": ..., "reward": ...}
+
+This is what `minirlhf run` calls. The Prefect flow (flows/) wires the same stage functions as cached,
+retried tasks; both find a stage's output at `<output_dir>/<stage>/<key>` and trust the files, not a cache.
+Every run, stage, metric and artifact is recorded in the DuckDB store at `<output_dir>/rlhf.duckdb`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from minirlhf.config import PipelineConfig
+from minirlhf.stage import StageResult, is_complete, stage_key
+from minirlhf.store import Store
+
+log = logging.getLogger("minirlhf")
+
+STAGES = ("data", "sft", "reward")
+
+
+class StoreLogger:
+    """A MetricLogger bound to one stage run of the store."""
+
+    def __init__(self, store: Store, stage_run_id: str):
+        self.store, self.stage_run_id = store, stage_run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.store.log_metrics(self.stage_run_id, metrics, step=step)
+
+    def log_samples(self, rows: list[dict], step: int = 0, policy: str | None = None) -> None:
+        self.store.log_samples(self.stage_run_id, rows, step=step, policy=policy)
+
+
+@dataclass
+class StagePlan:
+    """What a stage needs: the config sections its output depends on, its upstream stages, how to run it."""
+
+    name: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...]
+    run: Callable[..., StageResult]  # run(cfg, upstream_dirs: dict[str, Path], out_dir, logger)
+
+
+def _run_data(cfg, up, out, logger):
+    from minirlhf.data.prepare import run_data
+
+    return run_data(cfg, out)
+
+
+def _run_sft(cfg, up, out, logger):
+    from minirlhf.sft import run_sft
+
+    return run_sft(cfg, up["data"], out, logger)
+
+
+def _run_reward(cfg, up, out, logger):
+    from minirlhf.reward import run_reward
+
+    return run_reward(cfg, up["data"], up["sft"], out, logger)
+
+
+PLANS = {
+    "data": StagePlan("data", ("data",), (), _run_data),
+    # `seed` is in every key via the top level; the model section decides the base model.
+    "sft": StagePlan("sft", ("model", "sft"), ("data",), _run_sft),
+    "reward": StagePlan("reward", ("model", "reward"), ("data", "sft"), _run_reward),
+}
+
+
+def stage_dir(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult]) -> tuple[str, Path]:
+    plan = PLANS[name]
+    config_json = cfg.section_json(*plan.sections) + f'{{"seed": {cfg.seed}}}'
+    key = stage_key(name, config_json, [upstream[u].sha256 for u in plan.upstream])
+    return key, Path(cfg.output_dir) / name / key
+
+
+def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], store: Store, run_id: str, attempt: int = 1) -> StageResult:
+    """Run one stage (or reuse its complete output) and record it in the store."""
+    plan = PLANS[name]
+    key, out = stage_dir(cfg, name, upstream)
+    cached = is_complete(out)
+    stage_run_id = store.start_stage(
+        run_id, name, config=cfg.model_dump(mode="json"), cache_key=key, cache_hit=cached, attempt=attempt, output_dir=str(out)
+    )
+    try:
+        if cached:
+            result = StageResult.from_dir(out)
+            result.cache_hit = True
+            log.info("%s: complete output found at %s, skipped", name, out)
+        else:
+            log.info("%s: running -> %s", name, out)
+            result = plan.run(cfg, {u: Path(upstream[u].output_dir) for u in plan.upstream}, out, StoreLogger(store, stage_run_id))
+        store.log_metrics(stage_run_id, result.metrics, step=0 if not result.history else max(h["step"] for h in result.history))
+        store.log_artifact(stage_run_id, "checkpoint" if name != "data" else "dataset", out, sha256=result.sha256)
+    except BaseException as exc:
+        store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish_stage(stage_run_id, "completed")
+    return result
+
+
+def needed_stages(stages: tuple[str, ...]) -> list[str]:
+    """The stages asked for plus everything upstream of them, in pipeline order."""
+    unknown = set(stages) - set(PLANS)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    needed = set(stages)
+    for name in reversed(STAGES):
+        if name in needed:
+            needed |= set(PLANS[name].upstream)
+    return [n for n in STAGES if n in needed]
+
+
+def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, store: Store | None = None,
+                 on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, StageResult]:
+    store = store or Store.for_output_dir(cfg.output_dir)
+    run_id = store.start_run(cfg.model_dump(mode="json"))
+    results: dict[str, StageResult] = {}
+    started = time.perf_counter()
+    try:
+        for name in needed_stages(stages):
+            results[name] = run_stage(cfg, name, results, store, run_id)
+            if on_stage:
+                on_stage(name, results[name])
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "completed")
+    log.info("pipeline finished in %.1f s (run %s)", time.perf_counter() - started, run_id)
+    return results

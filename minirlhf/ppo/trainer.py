@@ -1,0 +1,415 @@
+"""Our PPO trainer for language models: rollout, score, advantages, update; checkpoints and resume.
+
+Usage:
+    from minirlhf.ppo.trainer import run_ppo, PPOUnstable
+    result = run_ppo(cfg, data_dir, sft_dir, reward_dir, out_dir, logger)   # resumes if checkpoints exist
+
+It follows Ziegler et al. 2019 and Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"):
+a frozen reference policy (the SFT model), a per-token KL penalty, the reward-model score added at the
+last response token, GAE, whitened advantages, clipped policy and value losses, and a value model
+initialised from the reward model (or a value head on the policy). The math lives in `core.py`.
+
+Checkpoints (every `ppo.checkpoint_every` steps) go to `<out_dir>.checkpoints/step-NNNNNN/`: policy and
+value weights as safetensors, optimiser, scheduler, KL controller, RNG states and the step in a
+`torch.load(weights_only=True)` file, a sha256 manifest and a COMPLETE marker written last; the directory
+is renamed into place, and only the newest `keep_checkpoints` are kept. A run started again with the
+same key resumes from the newest valid checkpoint and, on a deterministic CPU, reproduces the metrics
+and weights of an uninterrupted run exactly. A corrupt or partial checkpoint is skipped with a warning.
+
+The instability guard raises `PPOUnstable` (NaN/inf loss, KL above `ppo.max_kl`, a policy ratio above
+`ppo.max_ratio`) naming the cause and the last good checkpoint, so an orchestrator can retry from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GenerationConfig
+
+from minirlhf.config import PipelineConfig
+from minirlhf.data.gold import NotATaskPrompt, gold_score
+from minirlhf.data.task import read_jsonl
+from minirlhf.models import load_policy, load_reward_model
+from minirlhf.ppo import core
+from minirlhf.reward import score_texts
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+from minirlhf.store import verify_manifest, write_manifest
+
+log = logging.getLogger("minirlhf.ppo")
+
+TRAINER_STATE = "trainer_state.pt"
+VALUE_HEAD = "value_head.safetensors"
+
+
+class PPOUnstable(RuntimeError):
+    """The run became numerically unstable; retry from `last_good_checkpoint` (None: from the start)."""
+
+    def __init__(self, cause: str, step: int, last_good_checkpoint: Path | None, detail: str = ""):
+        self.cause, self.step, self.last_good_checkpoint = cause, step, last_good_checkpoint
+        where = last_good_checkpoint or "none (the run restarts from the SFT model)"
+        super().__init__(f"PPO unstable at step {step}: {cause}{' (' + detail + ')' if detail else ''}; last good checkpoint: {where}")
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes and everything the update needs, all (batch, ...) tensors on CPU/GPU."""
+
+    query_ids: torch.Tensor  # (batch, query_len), left-padded
+    response_ids: torch.Tensor  # (batch, resp_len), padded after EOS
+    response_mask: torch.Tensor  # (batch, resp_len), 1 up to and including EOS
+    logprobs: torch.Tensor  # (batch, resp_len)
+    ref_logprobs: torch.Tensor  # (batch, resp_len)
+    values: torch.Tensor  # (batch, resp_len)
+    scores: torch.Tensor  # (batch,) reward-model scores
+    has_eos: torch.Tensor  # (batch,) bool
+    prompts: list[str]
+    responses: list[str]
+    gold: list[float | None]
+    intents: list[str]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as `generate` uses them: the first real token is position 0."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class PPOTrainer:
+    def __init__(self, cfg: PipelineConfig, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer,
+                 prompts: list[dict], checkpoint_dir: Path, logger: MetricLogger | None = None, lr_scale: float = 1.0):
+        self.cfg, self.args = cfg, cfg.ppo
+        self.policy, self.ref_policy, self.reward_model = policy, ref_policy, reward_model
+        self.tokenizer, self.rm_tokenizer = tokenizer, rm_tokenizer
+        self.prompts = prompts
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.logger = logger or NullLogger()
+        self.device = next(policy.parameters()).device
+        for model in (ref_policy, reward_model):
+            model.eval().requires_grad_(False)
+        if self.args.value_model == "separate":
+            self.value_model, self.value_head = value_model, None
+            value_params = list(value_model.parameters())
+        else:  # a value head on the policy's last hidden state (shares the policy's trunk)
+            self.value_model = None
+            self.value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(self.device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            value_params = list(self.value_head.parameters())
+        self.params = list(policy.parameters()) + value_params
+        lr = self.args.learning_rate * lr_scale
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, eps=1e-5)
+        # Linear decay to zero over the run (Huang et al. 2024, detail on learning-rate annealing).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / self.args.steps))
+        if self.args.adaptive_kl:
+            self.kl_ctl = core.AdaptiveKLController(self.args.kl_coef, self.args.kl_target, self.args.kl_horizon)
+        else:
+            self.kl_ctl = core.FixedKLController(self.args.kl_coef)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # which prompts each step samples
+        self.generation_config = GenerationConfig(
+            do_sample=True, temperature=self.args.temperature, top_k=0, top_p=1.0,
+            max_new_tokens=self.args.response_length, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        self.step = 0
+        self.last_good_checkpoint: Path | None = None
+        self.inject_nan_at_step: int | None = None  # testing aid: see run_ppo
+
+    # ---- model passes -------------------------------------------------------------------------------
+    def _forward(self, model, query_ids, query_mask, response_ids, response_mask, hidden: bool = False):
+        """Logits over the response tokens (and the policy's last hidden states if asked)."""
+        input_ids = torch.cat([query_ids, response_ids], 1)
+        attention_mask = torch.cat([query_mask, (response_mask > 0).long()], 1)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from(attention_mask),
+                    output_hidden_states=hidden)
+        q = query_ids.shape[1]
+        logits = out.logits[:, q - 1 : -1] / self.args.temperature  # (batch, resp_len, vocab)
+        return logits, (out.hidden_states[-1][:, q - 1 : -1] if hidden else None)
+
+    def _values(self, query_ids, query_mask, response_ids, response_mask, policy_hidden=None):
+        """V(s_t) for each response position t: the state is the query plus the response before token t."""
+        if self.value_head is not None:
+            return self.value_head(policy_hidden).squeeze(-1)
+        input_ids = torch.cat([query_ids, response_ids], 1)
+        attention_mask = torch.cat([query_mask, (response_mask > 0).long()], 1)
+        backbone = getattr(self.value_model, self.value_model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from(attention_mask)).last_hidden_state
+        q = query_ids.shape[1]
+        return self.value_model.score(hidden[:, q - 1 : -1]).squeeze(-1)  # (batch, resp_len)
+
+    # ---- 1. rollout ---------------------------------------------------------------------------------
+    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        encoded = [ids[-self.cfg.model.max_prompt_length :] for ids in encoded]  # cut from the left
+        ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        query_ids, query_mask = self._encode_prompts(prompts)
+        self.policy.eval()
+        out = self.policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=self.generation_config)
+        response_ids = out[:, query_ids.shape[1] :]
+        response_mask, has_eos = core.response_mask_from_eos(response_ids, self.tokenizer.eos_token_id)
+        response_ids = response_ids.masked_fill(response_mask == 0, self.tokenizer.pad_token_id)
+        return query_ids, query_mask, response_ids, response_mask.float(), has_eos
+
+    def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+        return [self.tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
+
+    @torch.no_grad()
+    def rollout(self) -> Rollout:
+        idx = torch.randint(len(self.prompts), (self.args.batch_size,), generator=self.generator).tolist()
+        rows = [self.prompts[i] for i in idx]
+        prompts = [r["prompt"] for r in rows]
+        query_ids, query_mask, response_ids, response_mask, has_eos = self.generate(prompts)
+        logits, hidden = self._forward(self.policy, query_ids, query_mask, response_ids, response_mask, hidden=self.value_head is not None)
+        logprobs = core.logprobs_from_logits(logits, response_ids)
+        ref_logits, _ = self._forward(self.ref_policy, query_ids, query_mask, response_ids, response_mask)
+        ref_logprobs = core.logprobs_from_logits(ref_logits, response_ids)
+        values = self._values(query_ids, query_mask, response_ids, response_mask, hidden)
+        # 2. score: the reward model reads text + EOS exactly as it was trained (minirlhf.reward.score_texts)
+        responses = self.decode(response_ids, response_mask)
+        scores = score_texts(self.reward_model, self.rm_tokenizer, prompts, responses).to(self.device)
+        return Rollout(query_ids, response_ids, response_mask, logprobs, ref_logprobs, values, scores, has_eos,
+                       prompts, responses, [gold_or_none(p, r) for p, r in zip(prompts, responses)], [r.get("intent", "") for r in rows])
+
+    # ---- 3. advantages and 4. update ----------------------------------------------------------------
+    def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = batch.response_mask
+        rewards, non_score_rewards, kl = core.shape_rewards(
+            batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value, self.args.kl_estimator,
+            self.args.missing_eos_penalty, batch.has_eos,
+        )
+        if self.args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = core.compute_gae(rewards, batch.values, mask, self.args.gamma, self.args.lam)
+        advantages = core.masked_whiten(advantages, mask)
+        return advantages, returns, non_score_rewards, kl
+
+    def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        self.policy.train()
+        if self.value_model is not None:
+            self.value_model.train()
+        stats: dict[str, list[float]] = {}
+        query_mask = (batch.query_ids != self.tokenizer.pad_token_id).long()
+        for _ in range(self.args.num_ppo_epochs):
+            order = torch.randperm(self.args.batch_size, generator=self.generator)
+            for mb in order.split(self.args.mini_batch_size):
+                mask = batch.response_mask[mb]
+                logits, hidden = self._forward(self.policy, batch.query_ids[mb], query_mask[mb], batch.response_ids[mb], mask,
+                                               hidden=self.value_head is not None)
+                new_logprobs = core.logprobs_from_logits(logits, batch.response_ids[mb])
+                new_values = self._values(batch.query_ids[mb], query_mask[mb], batch.response_ids[mb], mask, hidden)
+                pg_loss, pg_stats = core.policy_loss(new_logprobs, batch.logprobs[mb], advantages[mb], mask, self.args.cliprange)
+                vf_loss, vf_stats = core.value_loss(new_values, batch.values[mb], returns[mb], mask, self.args.cliprange_value)
+                loss = pg_loss + self.args.vf_coef * vf_loss
+                if self.inject_nan_at_step == self.step + 1:
+                    loss = loss * float("nan")
+                self.guard_loss(loss, pg_stats)
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
+                for name, value in (("policy/loss", pg_loss), ("value/loss", vf_loss), ("policy/approxkl", pg_stats["approxkl"]),
+                                    ("policy/clipfrac", pg_stats["clipfrac"]), ("value/clipfrac", vf_stats["clipfrac"]),
+                                    ("policy/ratio_max", pg_stats["ratio_max"]), ("ppo/entropy", entropy)):
+                    stats.setdefault(name, []).append(float(value))
+        self.scheduler.step()
+        return {k: (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in stats.items()}
+
+    def guard_loss(self, loss: torch.Tensor, pg_stats: dict) -> None:
+        if not torch.isfinite(loss):
+            raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={float(loss)}")
+        ratio_max = float(pg_stats["ratio_max"])
+        if not math.isfinite(ratio_max) or ratio_max > self.args.max_ratio:
+            raise PPOUnstable("ratio_blowup", self.step + 1, self.last_good_checkpoint, f"ratio_max={ratio_max:.3g} > {self.args.max_ratio}")
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        # 1. rollout (and 2. score, inside)
+        batch = self.rollout()
+        t1 = time.perf_counter()
+        # 3. advantages
+        advantages, returns, non_score_rewards, kl = self.advantages(batch)
+        mean_kl = float(core.masked_sum(kl, batch.response_mask, dim=1).mean())
+        if not math.isfinite(mean_kl) or mean_kl > self.args.max_kl:
+            raise PPOUnstable("kl_ceiling", self.step + 1, self.last_good_checkpoint, f"kl={mean_kl:.3g} > {self.args.max_kl}")
+        # 4. update
+        update_stats = self.update(batch, advantages, returns)
+        t2 = time.perf_counter()
+        self.step += 1
+        gold = [g for g in batch.gold if g is not None]
+        metrics = {
+            "ppo/kl": mean_kl,
+            "ppo/kl_coef": self.kl_ctl.value,
+            "ppo/proxy_reward": float(batch.scores.mean()),
+            "ppo/non_score_reward": float(non_score_rewards.sum(1).mean()),
+            "ppo/response_length": float(batch.response_mask.sum(1).mean()),
+            "ppo/eos_rate": float(batch.has_eos.float().mean()),
+            "value/explained_variance": float(core.explained_variance(batch.values, returns, batch.response_mask)),
+            "ppo/lr": self.scheduler.get_last_lr()[0],
+            "time/rollout_s": t1 - t0,
+            "time/update_s": t2 - t1,
+            **update_stats,
+        }
+        if gold:
+            metrics["ppo/gold_reward"] = sum(gold) / len(gold)
+        self.kl_ctl.update(mean_kl, self.args.batch_size)
+        self.logger.log_metrics(metrics, step=self.step)
+        if self.step % self.args.sample_every == 0 or self.step == 1:
+            self.logger.log_samples(
+                [{"prompt": p, "response": r, "proxy_reward": float(s), "gold_reward": g, "intent": i}
+                 for p, r, s, g, i in list(zip(batch.prompts, batch.responses, batch.scores.tolist(), batch.gold, batch.intents))[:4]],
+                step=self.step, policy="ppo",
+            )
+        return metrics
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "python_rng": list(random.getstate()[1]),
+        }
+
+    def save_checkpoint(self) -> Path:
+        final = self.checkpoint_dir / f"step-{self.step:06d}"
+        tmp = self.checkpoint_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:6]}"
+        tmp.mkdir(parents=True)
+        try:
+            self.policy.save_pretrained(tmp / "policy")
+            if self.value_model is not None:
+                self.value_model.save_pretrained(tmp / "value")
+            else:
+                save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, tmp / VALUE_HEAD)
+            torch.save(self.state(), tmp / TRAINER_STATE)
+            write_manifest(tmp)
+            (tmp / "COMPLETE").write_text(str(self.step))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in self.checkpoints()[self.args.keep_checkpoints :]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.last_good_checkpoint = final
+        return final
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint directories, newest first (valid or not)."""
+        return sorted(self.checkpoint_dir.glob("step-*"), reverse=True) if self.checkpoint_dir.exists() else []
+
+    def resume(self, lr_scale: float = 1.0) -> Path | None:
+        """Load the newest valid checkpoint; skip (with a warning) any that is partial or corrupt."""
+        for ckpt in self.checkpoints():
+            problems = ["no COMPLETE marker"] if not (ckpt / "COMPLETE").is_file() else verify_manifest(ckpt)
+            if problems:
+                log.warning("skipping checkpoint %s: %s", ckpt, "; ".join(problems[:3]))
+                continue
+            self._load(ckpt)
+            if lr_scale != 1.0:  # a retry after instability: continue more carefully
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= lr_scale
+                self.scheduler.base_lrs = [lr * lr_scale for lr in self.scheduler.base_lrs]
+            self.last_good_checkpoint = ckpt
+            log.info("resumed from %s (step %d)", ckpt, self.step)
+            return ckpt
+        return None
+
+    def _load(self, ckpt: Path) -> None:
+        self.policy.load_state_dict(load_file(ckpt / "policy" / "model.safetensors"), strict=False)
+        if self.value_model is not None:
+            self.value_model.load_state_dict(load_file(ckpt / "value" / "model.safetensors"), strict=False)
+        else:
+            self.value_head.load_state_dict(load_file(ckpt / VALUE_HEAD))
+        state = torch.load(ckpt / TRAINER_STATE, weights_only=True)  # tensors and plain containers only
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"])
+        random.setstate((3, tuple(state["python_rng"]), None))
+
+    def train(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        metrics: dict[str, float] = {}
+        with tqdm(total=self.args.steps, initial=self.step, desc="ppo", unit="step") as bar:
+            while self.step < self.args.steps:
+                metrics = self.train_step()
+                if self.step % self.args.checkpoint_every == 0 or self.step == self.args.steps:
+                    self.save_checkpoint()
+                bar.update(1)
+                bar.set_postfix(proxy=f"{metrics['ppo/proxy_reward']:.2f}", gold=f"{metrics.get('ppo/gold_reward', float('nan')):.2f}",
+                                kl=f"{metrics['ppo/kl']:.2f}")
+        return metrics
+
+
+def gold_or_none(prompt: str, response: str) -> float | None:
+    try:
+        return gold_score(prompt, response).total
+    except NotATaskPrompt:
+        return None
+
+
+def checkpoint_dir_for(out_dir: Path) -> Path:
+    out_dir = Path(out_dir).resolve()
+    return out_dir.parent / f"{out_dir.name}.checkpoints"
+
+
+def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, checkpoint_dir: Path,
+                  logger: MetricLogger | None = None, lr_scale: float = 1.0) -> PPOTrainer:
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer, policy = load_policy(str(sft_dir))
+    _, ref_policy = load_policy(str(sft_dir))
+    rm_tokenizer, reward_model = load_reward_model(str(reward_dir))
+    value_model = load_reward_model(str(reward_dir))[1] if cfg.ppo.value_model == "separate" else None
+    prompts = read_jsonl(Path(data_dir) / "rl_prompts.jsonl")
+    return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts, checkpoint_dir, logger, lr_scale)
+
+
+def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, out_dir: Path,
+            logger: MetricLogger | None = None, lr_scale: float = 1.0, inject_nan_at_step: int | None = None) -> StageResult:
+    """Train (or resume) PPO and write the final policy to `out_dir`. `lr_scale` < 1 on a retry after
+    instability. `inject_nan_at_step` (testing aid) poisons the loss at that step of a run that did not
+    resume, to exercise the guard and the retry path."""
+    started = time.perf_counter()
+    trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, checkpoint_dir_for(out_dir), logger)
+    resumed = trainer.resume(lr_scale)
+    trainer.inject_nan_at_step = inject_nan_at_step if resumed is None else None
+    metrics = trainer.train()
+    result = StageResult("ppo", "", "", metrics={k: float(v) for k, v in metrics.items()})
+    with stage_output(out_dir, result) as tmp:
+        trainer.policy.save_pretrained(tmp)
+        trainer.tokenizer.save_pretrained(tmp)
+        result.seconds = time.perf_counter() - started
+        result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
+        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+    return result

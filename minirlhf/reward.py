@@ -1,0 +1,158 @@
+"""The reward-model stage: TRL's RewardTrainer (Bradley-Terry loss, one scalar output) on preference pairs,
+then a held-out evaluation of what the model learned.
+
+Usage:
+    from minirlhf.reward import run_reward, score_texts
+    result = run_reward(cfg, data_dir, sft_dir, out_dir)          # StageResult with rm/* metrics
+    scores = score_texts(model, tokenizer, prompts, responses)    # (batch,) exactly as in training
+
+`score_texts` is the one scoring function of the project (PPO, RLOO and evaluation use it): it scores
+`prompt + response + EOS`, because RewardTrainer appends EOS to every text it trains on. Scoring without
+the EOS skews the scores (seen with TRL 1.16: about -1.1..-2.2 instead of +0.88 for the same text).
+
+Held-out metrics (names as stored in DuckDB):
+  rm/accuracy          agreement with the (noisy) held-out labels
+  rm/label_ceiling     how often the noiseless gold choice agrees with those same labels (embedded task)
+  rm/accuracy_gold     agreement with the gold annotator's choice
+  rm/margin            mean score(chosen) - score(rejected)
+  rm/accuracy/<intent> accuracy per intent
+  rm/length_corr       Pearson correlation of score with response length (words)
+  rm/gold_corr         Pearson correlation of score with the gold score
+  rm/filler_effect     mean score change from appending the filler phrase (the spurious feature)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from trl import RewardConfig, RewardTrainer
+
+from minirlhf.config import PipelineConfig
+from minirlhf.data.gold import FILLER
+from minirlhf.data.task import read_jsonl
+from minirlhf.models import load_reward_model
+from minirlhf.sft import LogToStore, _remove, trainer_common_args
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64, max_length: int = 512) -> torch.Tensor:
+    """Reward-model scores of `prompt + response + EOS`, as RewardTrainer trained them. (batch,) float32.
+
+    Too-long texts are cut from the left, keeping the end where the score is read."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    device = next(model.parameters()).device
+    scores = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [p + r + tokenizer.eos_token for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            scores.append(model(**batch).logits[:, 0].float().cpu())
+    finally:
+        tokenizer.truncation_side = side
+        model.train(was_training)
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    if len(x) < 2:
+        return float("nan")
+    t = torch.tensor([x, y], dtype=torch.float64)
+    return float(torch.corrcoef(t)[0, 1])
+
+
+def evaluate_pairs(model, tokenizer, pairs: list[dict], max_length: int = 512) -> tuple[dict[str, float], list[dict]]:
+    """Held-out diagnostics of a reward model on preference pairs (see the module docstring)."""
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length=max_length)
+    rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length)
+    correct = (chosen > rejected).float()
+    metrics = {
+        "rm/accuracy": float(correct.mean()),
+        "rm/margin": float((chosen - rejected).mean()),
+        "rm/n_test_pairs": float(len(pairs)),
+    }
+    for intent in sorted({p.get("intent", "all") for p in pairs}):
+        idx = [i for i, p in enumerate(pairs) if p.get("intent", "all") == intent]
+        metrics[f"rm/accuracy/{intent}"] = float(correct[idx].mean())
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    all_scores = torch.cat([chosen, rejected]).tolist()
+    metrics["rm/length_corr"] = _pearson(all_scores, [float(len(r.split())) for r in responses])
+    if all("gold_chosen" in p for p in pairs):
+        gold_c = torch.tensor([p["gold_chosen"] for p in pairs])
+        gold_r = torch.tensor([p["gold_rejected"] for p in pairs])
+        decided = gold_c != gold_r  # gold ties have no noiseless choice
+        gold_prefers_chosen = gold_c > gold_r
+        # The ceiling: a perfect model of the gold annotator still disagrees with the noisy labels this often.
+        metrics["rm/label_ceiling"] = float(torch.where(decided, gold_prefers_chosen.float(), torch.full_like(gold_c, 0.5)).mean())
+        metrics["rm/accuracy_gold"] = float(((chosen > rejected) == gold_prefers_chosen)[decided].float().mean())
+        metrics["rm/gold_corr"] = _pearson(all_scores, torch.cat([gold_c, gold_r]).tolist())
+        # The spurious feature: what appending the filler phrase does to the score of answers without it.
+        plain = [(p["prompt"], p["chosen"]) for p in pairs if FILLER not in p["chosen"]]
+        if plain:
+            before = score_texts(model, tokenizer, [a for a, _ in plain], [b for _, b in plain], max_length=max_length)
+            after = score_texts(model, tokenizer, [a for a, _ in plain], [f"{b} {FILLER}" for _, b in plain], max_length=max_length)
+            metrics["rm/filler_effect"] = float((after - before).mean())
+    rows = [
+        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "intent": p.get("intent"),
+         "score_chosen": float(c), "score_rejected": float(r), "gold_chosen": p.get("gold_chosen"), "gold_rejected": p.get("gold_rejected")}
+        for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())
+    ]
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}, rows
+
+
+def _backbone(cfg: PipelineConfig, sft_dir: Path) -> str:
+    return str(sft_dir) if cfg.model.reward_backbone == "sft" else cfg.model.reward_backbone
+
+
+def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    columns = ("prompt", "chosen", "rejected")
+    train = read_jsonl(data_dir / "pairs_train.jsonl")
+    test = read_jsonl(data_dir / "pairs_test.jsonl")
+    tokenizer, model = load_reward_model(_backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.model.gguf_file)
+    result = StageResult("reward", "", "")
+    with stage_output(out_dir, result) as tmp:
+        args = RewardConfig(
+            **trainer_common_args(cfg.reward, cfg.seed, tmp / "trainer"),
+            center_rewards_coefficient=cfg.reward.center_rewards_coefficient,
+        )
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
+            processing_class=tokenizer,
+            callbacks=[LogToStore("rm/train_{}", logger, result.history)],
+        )
+        output = trainer.train()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        metrics, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
+        # Score statistics on the training responses: PPO can normalise rewards with them.
+        train_scores = score_texts(model, tokenizer, [r["prompt"] for r in train], [r["chosen"] for r in train], max_length=cfg.reward.max_length)
+        metrics |= {
+            "rm/train_loss_mean": float(output.training_loss),
+            "rm/steps": float(output.global_step),
+            "rm/train_pairs": float(len(train)),
+            "rm/score_mean": float(train_scores.mean()),
+            "rm/score_std": float(train_scores.std()),
+        }
+        result.seconds = time.perf_counter() - started
+        metrics["rm/seconds"] = result.seconds
+        result.metrics = metrics
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        with open(tmp / "eval_pairs.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        _remove(tmp / "trainer")
+    return result
