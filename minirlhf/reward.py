@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 
 from minirlhf.config import PipelineConfig
@@ -121,6 +122,7 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
     columns = ("prompt", "chosen", "rejected")
     train = read_jsonl(data_dir / "pairs_train.jsonl")
     test = read_jsonl(data_dir / "pairs_test.jsonl")
+    set_seed(cfg.seed)  # the new score head's init: same config, same model, whatever ran before
     tokenizer, model = load_reward_model(_backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.model.gguf_file)
     result = StageResult("reward", "", "")
     with stage_output(out_dir, result) as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from minirlhf.config import PipelineConfig
@@ -86,6 +86,7 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
     started = time.perf_counter()
     rows = read_jsonl(Path(data_dir) / "sft.jsonl")
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    set_seed(cfg.seed)
     tokenizer, model = base_model(cfg, Path(data_dir))
     result = StageResult("sft", "", "")
     with stage_output(out_dir, result) as tmp:
