@@ -53,7 +53,7 @@ def _load(config: Path | None, overrides: list[str] | None):
 def run(
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
-    stages: Annotated[str, typer.Option(help="comma-separated stages (upstream ones run or are reused)")] = "data,sft,reward",
+    stages: Annotated[str, typer.Option(help="comma-separated stages (upstream ones run or are reused)")] = "data,sft,reward,ppo,eval",
 ) -> None:
     """Run the pipeline stages on a config, skipping stages whose output is already complete."""
     import time

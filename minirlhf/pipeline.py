@@ -24,7 +24,8 @@ from minirlhf.store import Store
 
 log = logging.getLogger("minirlhf")
 
-STAGES = ("data", "sft", "reward")
+ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation"}
+STAGES = ("data", "sft", "reward", "ppo", "eval")
 
 
 class StoreLogger:
@@ -65,7 +66,19 @@ def _run_sft(cfg, up, out, logger):
 def _run_reward(cfg, up, out, logger):
     from minirlhf.reward import run_reward
 
-    return run_reward(cfg, up["data"], up["sft"], out, logger)
+    return run_reward(cfg, up["data"], up.get("sft"), out, logger)
+
+
+def _run_ppo(cfg, up, out, logger):
+    from minirlhf.ppo.trainer import run_ppo
+
+    return run_ppo(cfg, up["data"], up["sft"], up["reward"], out, logger)
+
+
+def _run_eval(cfg, up, out, logger):
+    from minirlhf.evaluate import run_eval
+
+    return run_eval(cfg, up["data"], up["reward"], {"sft": up["sft"], "ppo": up["ppo"]}, out, logger)
 
 
 PLANS = {
@@ -73,13 +86,22 @@ PLANS = {
     # `seed` is in every key via the top level; the model section decides the base model.
     "sft": StagePlan("sft", ("model", "sft"), ("data",), _run_sft),
     "reward": StagePlan("reward", ("model", "reward"), ("data", "sft"), _run_reward),
+    "ppo": StagePlan("ppo", ("model", "ppo"), ("data", "sft", "reward"), _run_ppo),
+    "eval": StagePlan("eval", ("model", "eval"), ("data", "sft", "reward", "ppo"), _run_eval),
 }
+
+
+def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
+    """A stage's inputs under this config: a reward model on another backbone does not need the SFT model."""
+    if name == "reward" and cfg.model.reward_backbone != "sft":
+        return ("data",)
+    return PLANS[name].upstream
 
 
 def stage_dir(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult]) -> tuple[str, Path]:
     plan = PLANS[name]
     config_json = cfg.section_json(*plan.sections) + f'{{"seed": {cfg.seed}}}'
-    key = stage_key(name, config_json, [upstream[u].sha256 for u in plan.upstream])
+    key = stage_key(name, config_json, [upstream[u].sha256 for u in upstream_of(cfg, name)])
     return key, Path(cfg.output_dir) / name / key
 
 
@@ -98,9 +120,10 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], 
             log.info("%s: complete output found at %s, skipped", name, out)
         else:
             log.info("%s: running -> %s", name, out)
-            result = plan.run(cfg, {u: Path(upstream[u].output_dir) for u in plan.upstream}, out, StoreLogger(store, stage_run_id))
+            inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
+            result = plan.run(cfg, inputs, out, StoreLogger(store, stage_run_id))
         store.log_metrics(stage_run_id, result.metrics, step=0 if not result.history else max(h["step"] for h in result.history))
-        store.log_artifact(stage_run_id, "checkpoint" if name != "data" else "dataset", out, sha256=result.sha256)
+        store.log_artifact(stage_run_id, ARTIFACT_KINDS.get(name, "checkpoint"), out, sha256=result.sha256)
     except BaseException as exc:
         store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
         raise
@@ -108,7 +131,7 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], 
     return result
 
 
-def needed_stages(stages: tuple[str, ...]) -> list[str]:
+def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...]) -> list[str]:
     """The stages asked for plus everything upstream of them, in pipeline order."""
     unknown = set(stages) - set(PLANS)
     if unknown:
@@ -116,7 +139,7 @@ def needed_stages(stages: tuple[str, ...]) -> list[str]:
     needed = set(stages)
     for name in reversed(STAGES):
         if name in needed:
-            needed |= set(PLANS[name].upstream)
+            needed |= set(upstream_of(cfg, name))
     return [n for n in STAGES if n in needed]
 
 
@@ -127,7 +150,7 @@ def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, store: S
     results: dict[str, StageResult] = {}
     started = time.perf_counter()
     try:
-        for name in needed_stages(stages):
+        for name in needed_stages(cfg, stages):
             results[name] = run_stage(cfg, name, results, store, run_id)
             if on_stage:
                 on_stage(name, results[name])

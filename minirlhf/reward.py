@@ -55,7 +55,8 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     try:
         for i in range(0, len(prompts), batch_size):
             texts = [p + r + tokenizer.eos_token for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False)
+            # add_special_tokens as TRL tokenizes (`tokenizer(text=...)`): [CLS]...[SEP] for BERT-like backbones, nothing for GPT-2.
+            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             scores.append(model(**batch).logits[:, 0].float().cpu())
     finally:
@@ -111,6 +112,25 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], max_length: int = 512) -
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, rows
 
 
+def fit_to_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int, int]:
+    """Make every pair fit `max_length` tokens (with EOS) by cutting its prompt from the left, so long
+    dialogues keep their last turns instead of being dropped by RewardTrainer's length filter.
+    Pairs whose response alone is too long are dropped. Returns (rows, n_truncated, n_dropped)."""
+    kept, truncated, dropped = [], 0, 0
+    budget = max_length - 3  # room for EOS and a backbone's own special tokens ([CLS], [SEP])
+    for row in rows:
+        response_len = max(len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
+        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        if response_len >= budget:
+            dropped += 1
+            continue
+        if len(prompt_ids) + response_len > budget:
+            row = {**row, "prompt": tokenizer.decode(prompt_ids[len(prompt_ids) + response_len - budget :])}
+            truncated += 1
+        kept.append(row)
+    return kept, truncated, dropped
+
+
 def _backbone(cfg: PipelineConfig, sft_dir: Path) -> str:
     return str(sft_dir) if cfg.model.reward_backbone == "sft" else cfg.model.reward_backbone
 
@@ -124,6 +144,8 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
     test = read_jsonl(data_dir / "pairs_test.jsonl")
     set_seed(cfg.seed)  # the new score head's init: same config, same model, whatever ran before
     tokenizer, model = load_reward_model(_backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.model.gguf_file)
+    train, n_truncated, n_dropped = fit_to_length(train, tokenizer, cfg.reward.max_length)
+    test, _, n_test_dropped = fit_to_length(test, tokenizer, cfg.reward.max_length)
     result = StageResult("reward", "", "")
     with stage_output(out_dir, result) as tmp:
         args = RewardConfig(
@@ -147,6 +169,8 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
             "rm/train_loss_mean": float(output.training_loss),
             "rm/steps": float(output.global_step),
             "rm/train_pairs": float(len(train)),
+            "rm/train_pairs_truncated": float(n_truncated),
+            "rm/pairs_dropped_too_long": float(n_dropped + n_test_dropped),
             "rm/score_mean": float(train_scores.mean()),
             "rm/score_std": float(train_scores.std()),
         }

@@ -27,7 +27,7 @@ from minirlhf.store import directory_digest, verify_manifest, write_manifest
 COMPLETE = "COMPLETE"
 RECORD = "record.json"
 # Bump a stage's version when its code changes what it writes: the cache key includes it.
-STAGE_VERSIONS = {"data": 1, "sft": 1, "reward": 1, "ppo": 1, "eval": 1}
+STAGE_VERSIONS = {"data": 2, "sft": 1, "reward": 1, "ppo": 1, "eval": 1}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from minirlhf.stage import is_complete
 from minirlhf.store import Store
 
 pytestmark = pytest.mark.slow
+FOUNDATION = ("data", "sft", "reward")
 
 TINY = [
     "data.n_sft=300", "data.n_pairs_train=300", "data.n_pairs_test=100", "data.n_rl_prompts=32", "data.n_eval_prompts=16",
@@ -25,7 +26,7 @@ TINY = [
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(None, TINY + [f"output_dir={out}"])
-    results = run_pipeline(cfg)
+    results = run_pipeline(cfg, FOUNDATION)
     return cfg, results, Store.for_output_dir(out)
 
 
@@ -61,14 +62,14 @@ def test_lineage_recorded(tiny_run):
 
 def test_rerun_reuses_complete_stages_and_recomputes_a_corrupt_one(tiny_run):
     cfg, results, store = tiny_run
-    again = run_pipeline(cfg)
+    again = run_pipeline(cfg, FOUNDATION)
     assert all(r.cache_hit for r in again.values())
     assert again["reward"].metrics == results["reward"].metrics
     # Corrupt the reward model's weights: the stage is no longer complete, and a rerun recomputes it.
     weights = next(p for p in (results["reward"].output_dir and __import__("pathlib").Path(results["reward"].output_dir)).iterdir() if p.suffix == ".safetensors")
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
     assert not is_complete(results["reward"].output_dir)
-    third = run_pipeline(cfg)
+    third = run_pipeline(cfg, FOUNDATION)
     assert third["data"].cache_hit and third["sft"].cache_hit and not third["reward"].cache_hit
     assert is_complete(third["reward"].output_dir)
     assert third["reward"].metrics["rm/accuracy"] == pytest.approx(results["reward"].metrics["rm/accuracy"])  # deterministic
