@@ -88,8 +88,8 @@ class ModelConfig(_Section):
 
 
 class SFTConfig(_Section):
-    learning_rate: float = Field(2e-3, gt=0, le=1)
-    num_train_epochs: float = Field(4, gt=0)
+    learning_rate: float = Field(4e-3, gt=0, le=1)
+    num_train_epochs: float = Field(6, gt=0)
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(128, ge=8, description="prompt + completion tokens")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -99,7 +99,7 @@ class SFTConfig(_Section):
 
 class RewardConfig(_Section):
     learning_rate: float = Field(3e-3, gt=0, le=1)
-    num_train_epochs: float = Field(4, gt=0)
+    num_train_epochs: float = Field(3, gt=0)
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(128, ge=8)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -119,7 +119,7 @@ class PPOConfig(_Section):
     learning_rate: float = Field(3e-4, gt=0, le=1)
     response_length: int = Field(24, ge=1, description="max new tokens per response")
     temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.05, ge=0, description="beta of the per-token KL penalty")
+    kl_coef: float = Field(0.2, ge=0, description="beta of the per-token KL penalty (0.2 beats SFT on gold in the demo; 0.05 starts to over-optimise)")
     kl_estimator: Literal["k1", "k3"] = "k1"
     adaptive_kl: bool = False
     kl_target: float = Field(6.0, gt=0)
@@ -135,7 +135,7 @@ class PPOConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     # Instability guard: stop with PPOUnstable when crossed.
     max_kl: float = Field(50.0, gt=0, description="mean sequence KL above which the run is unstable")
-    max_ratio: float = Field(100.0, gt=1, description="policy ratio above which the run is unstable")
+    max_ratio: float = Field(10.0, gt=1, description="mean policy ratio of a minibatch above which the run is unstable")
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     sample_every: int = Field(10, ge=1, description="steps between sampled responses written to the store")

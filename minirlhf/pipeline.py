@@ -122,7 +122,7 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], 
             log.info("%s: running -> %s", name, out)
             inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
             result = plan.run(cfg, inputs, out, StoreLogger(store, stage_run_id))
-        store.log_metrics(stage_run_id, result.metrics, step=0 if not result.history else max(h["step"] for h in result.history))
+        store.log_metrics(stage_run_id, result.metrics, step=result.step)
         store.log_artifact(stage_run_id, ARTIFACT_KINDS.get(name, "checkpoint"), out, sha256=result.sha256)
     except BaseException as exc:
         store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")

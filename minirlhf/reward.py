@@ -175,6 +175,7 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
             "rm/score_std": float(train_scores.std()),
         }
         result.seconds = time.perf_counter() - started
+        result.step = int(output.global_step)
         metrics["rm/seconds"] = result.seconds
         result.metrics = metrics
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))

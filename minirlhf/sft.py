@@ -112,6 +112,7 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
             "sft/examples": float(len(rows)),
         }
         result.seconds = time.perf_counter() - started
+        result.step = int(output.global_step)
         result.metrics["sft/seconds"] = result.seconds
         (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
         _remove(tmp / "trainer")

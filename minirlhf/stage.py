@@ -41,6 +41,7 @@ class StageResult:
     history: list[dict] = field(default_factory=list)  # per-step metrics: [{"step": 10, "sft/loss": 2.1}, ...]
     seconds: float = 0.0
     cache_hit: bool = False
+    step: int = 0  # the training step the summary metrics belong to (the last one)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
