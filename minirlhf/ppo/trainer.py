@@ -234,7 +234,7 @@ class PPOTrainer:
                 for name, value in (("policy/loss", pg_loss), ("value/loss", vf_loss), ("policy/approxkl", pg_stats["approxkl"]),
                                     ("policy/clipfrac", pg_stats["clipfrac"]), ("value/clipfrac", vf_stats["clipfrac"]),
                                     ("policy/ratio_max", pg_stats["ratio_max"]), ("ppo/entropy", entropy)):
-                    stats.setdefault(name, []).append(float(value))
+                    stats.setdefault(name, []).append(float(value.detach()))
         self.scheduler.step()
         return {k: (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in stats.items()}
 
