@@ -35,7 +35,7 @@ app.add_typer(config_app, name="config")
 console = Console()
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: built-in defaults)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the built-in defaults, the same as configs/demo.yaml)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: section.field=value (repeatable)")]
 
 
@@ -51,7 +51,7 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 @app.command()
 def run(
-    config: ConfigOpt = Path("configs/demo.yaml"),
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     stages: Annotated[str, typer.Option(help="comma-separated stages (upstream ones run or are reused)")] = "data,sft,reward,ppo,eval",
 ) -> None:
