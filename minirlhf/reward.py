@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -37,8 +38,8 @@ from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import FILLER
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_reward_model
-from minirlhf.sft import LogToStore, _remove, trainer_common_args
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+from minirlhf.training import LogToStore, trainer_common_args
 
 
 @torch.no_grad()
@@ -181,5 +182,5 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         with open(tmp / "eval_pairs.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
-        _remove(tmp / "trainer")
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result

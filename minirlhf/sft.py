@@ -13,18 +13,19 @@ The output directory is a `save_pretrained` checkpoint (model + tokenizer), `met
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-import torch
 from datasets import Dataset
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import build_tiny, load_policy
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+from minirlhf.training import LogToStore, trainer_common_args
 
 
 def corpus(data_dir: Path) -> list[str]:
@@ -41,44 +42,6 @@ def base_model(cfg: PipelineConfig, data_dir: Path):
     if cfg.model.policy == "tiny":
         return build_tiny(cfg.model.tiny, corpus(data_dir), seed=cfg.seed)
     return load_policy(cfg.model.policy, cfg.model.gguf_file, cfg.model.trust_remote_code)
-
-
-class LogToStore(TrainerCallback):
-    """Forward the Trainer's logs (loss, learning rate, ...) to our logger, named by `template`
-    ("sft/{}" gives sft/loss; "rm/train_{}" gives rm/train_accuracy, apart from held-out rm/accuracy)."""
-
-    def __init__(self, template: str, logger: MetricLogger, history: list[dict]):
-        self.template, self.logger, self.history = template, logger, history
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        numeric = {self.template.format(k): float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        if numeric:
-            self.logger.log_metrics(numeric, step=state.global_step)
-            self.history.append({"step": state.global_step, **numeric})
-
-
-def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
-    """TrainingArguments shared by the TRL-based stages: offline, no checkpoints mid-way, quiet."""
-    return dict(
-        output_dir=str(output_dir),
-        learning_rate=stage_cfg.learning_rate,
-        num_train_epochs=stage_cfg.num_train_epochs,
-        per_device_train_batch_size=stage_cfg.batch_size,
-        warmup_steps=stage_cfg.warmup_ratio,
-        weight_decay=stage_cfg.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=stage_cfg.logging_steps,
-        max_length=stage_cfg.max_length,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        # GPU path: bf16 where the device supports it (TRL defaults to bf16 and refuses it on CPU).
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        use_cpu=not torch.cuda.is_available(),
-    )
 
 
 def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
@@ -115,11 +78,5 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
         result.step = int(output.global_step)
         result.metrics["sft/seconds"] = result.seconds
         (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
-        _remove(tmp / "trainer")
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""What the TRL-based stages (SFT, reward model, and later DPO/RLOO) share: common trainer arguments and
+forwarding the Trainer's logs to our store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from minirlhf.stage import MetricLogger
+
+
+class LogToStore(TrainerCallback):
+    """Forward the Trainer's logs (loss, learning rate, ...) to our logger, named by `template`
+    ("sft/{}" gives sft/loss; "rm/train_{}" gives rm/train_accuracy, apart from held-out rm/accuracy)."""
+
+    def __init__(self, template: str, logger: MetricLogger, history: list[dict]):
+        self.template, self.logger, self.history = template, logger, history
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numeric = {self.template.format(k): float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        if numeric:
+            self.logger.log_metrics(numeric, step=state.global_step)
+            self.history.append({"step": state.global_step, **numeric})
+
+
+def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
+    """TrainingArguments shared by the TRL-based stages: offline, no checkpoints mid-way, quiet."""
+    return dict(
+        output_dir=str(output_dir),
+        learning_rate=stage_cfg.learning_rate,
+        num_train_epochs=stage_cfg.num_train_epochs,
+        per_device_train_batch_size=stage_cfg.batch_size,
+        warmup_steps=stage_cfg.warmup_ratio,
+        weight_decay=stage_cfg.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=stage_cfg.logging_steps,
+        max_length=stage_cfg.max_length,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        # GPU path: bf16 where the device supports it (TRL defaults to bf16 and refuses it on CPU).
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not torch.cuda.is_available(),
+    )
