@@ -391,6 +391,11 @@ def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir
     tokenizer, policy = load_policy(str(sft_dir))
     _, ref_policy = load_policy(str(sft_dir))
     rm_tokenizer, reward_model = load_reward_model(str(reward_dir))
+    if cfg.ppo.value_model == "separate" and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            "ppo.value_model='separate' initialises the value model from the reward model, which needs the policy's "
+            f"tokenizer; this reward model ({reward_dir}) has another. Set ppo.value_model=head (a value head on the policy)."
+        )
     value_model = load_reward_model(str(reward_dir))[1] if cfg.ppo.value_model == "separate" else None
     prompts = read_jsonl(Path(data_dir) / "rl_prompts.jsonl")
     return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts, checkpoint_dir, logger, lr_scale)
