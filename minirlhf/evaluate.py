@@ -27,28 +27,20 @@ from minirlhf.data.gold import is_refusal
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_policy, load_reward_model
 from minirlhf.ppo import core
-from minirlhf.ppo.trainer import gold_or_none, left_pad, position_ids_from
+from minirlhf.ppo.trainer import decode_responses, encode_prompts, gold_or_none, position_ids_from, sample_responses, sampling_config
 from minirlhf.reward import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from transformers import GenerationConfig
 
 
-@torch.no_grad()
 def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int, batch_size: int = 64):
-    """Sample one response per prompt. Returns (response texts, response ids, masks, query ids, query masks)."""
-    gen = GenerationConfig(do_sample=True, temperature=cfg.eval.temperature, top_k=0, top_p=1.0,
-                           max_new_tokens=cfg.eval.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id)
-    policy.eval()
+    """Sample one response per prompt, in batches. Yields (texts, response ids, masks, has_eos, query ids, query masks)."""
+    gen = sampling_config(tokenizer, cfg.eval.temperature, cfg.eval.max_new_tokens)
     torch.manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
-        encoded = [ids[-cfg.model.max_prompt_length :] for ids in tokenizer(prompts[i : i + batch_size], add_special_tokens=False)["input_ids"]]
-        query_ids, query_mask = left_pad(encoded, tokenizer.pad_token_id)
-        response_ids = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen)[:, query_ids.shape[1] :]
-        mask, has_eos = core.response_mask_from_eos(response_ids, tokenizer.eos_token_id)
-        texts = [tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
-        out.append((texts, response_ids, mask.float(), has_eos, query_ids, query_mask))
+        query_ids, query_mask = encode_prompts(tokenizer, prompts[i : i + batch_size], cfg.model.max_prompt_length)
+        response_ids, mask, has_eos = sample_responses(policy, tokenizer, query_ids, query_mask, gen)
+        out.append((decode_responses(tokenizer, response_ids, mask), response_ids, mask, has_eos, query_ids, query_mask))
     return out
 
 

@@ -88,6 +88,34 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of prompts, cut from the left to `max_prompt_length` and left-padded for generation."""
+    encoded = [ids[-max_prompt_length:] for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    ids, mask = left_pad(encoded, tokenizer.pad_token_id)
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_responses(policy, tokenizer, query_ids, query_mask, generation_config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample responses; returns (response_ids padded after EOS, mask up to and including EOS, has_eos)."""
+    policy.eval()
+    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
+    response_ids = out[:, query_ids.shape[1] :]
+    response_mask, has_eos = core.response_mask_from_eos(response_ids, tokenizer.eos_token_id)
+    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    return response_ids, response_mask.float(), has_eos
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
+
+
+def sampling_config(tokenizer, temperature: float, max_new_tokens: int) -> GenerationConfig:
+    """Pure sampling at `temperature` (no top-k/top-p), as PPO's policy-gradient assumes."""
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as `generate` uses them: the first real token is position 0."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -124,10 +152,7 @@ class PPOTrainer:
         else:
             self.kl_ctl = core.FixedKLController(self.args.kl_coef)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # which prompts each step samples
-        self.generation_config = GenerationConfig(
-            do_sample=True, temperature=self.args.temperature, top_k=0, top_p=1.0,
-            max_new_tokens=self.args.response_length, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
+        self.generation_config = sampling_config(tokenizer, self.args.temperature, self.args.response_length)
         self.step = 0
         self.last_good_checkpoint: Path | None = None
         self.inject_nan_at_step: int | None = None  # testing aid: see run_ppo
@@ -156,24 +181,10 @@ class PPOTrainer:
         return self.value_model.score(hidden[:, q - 1 : -1]).squeeze(-1)  # (batch, resp_len)
 
     # ---- 1. rollout ---------------------------------------------------------------------------------
-    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        encoded = [ids[-self.cfg.model.max_prompt_length :] for ids in encoded]  # cut from the left
-        ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)
-        return ids.to(self.device), mask.to(self.device)
-
-    @torch.no_grad()
     def generate(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        query_ids, query_mask = self._encode_prompts(prompts)
-        self.policy.eval()
-        out = self.policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=self.generation_config)
-        response_ids = out[:, query_ids.shape[1] :]
-        response_mask, has_eos = core.response_mask_from_eos(response_ids, self.tokenizer.eos_token_id)
-        response_ids = response_ids.masked_fill(response_mask == 0, self.tokenizer.pad_token_id)
-        return query_ids, query_mask, response_ids, response_mask.float(), has_eos
-
-    def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-        return [self.tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
+        query_ids, query_mask = encode_prompts(self.tokenizer, prompts, self.cfg.model.max_prompt_length, self.device)
+        response_ids, response_mask, has_eos = sample_responses(self.policy, self.tokenizer, query_ids, query_mask, self.generation_config)
+        return query_ids, query_mask, response_ids, response_mask, has_eos
 
     @torch.no_grad()
     def rollout(self) -> Rollout:
@@ -187,7 +198,7 @@ class PPOTrainer:
         ref_logprobs = core.logprobs_from_logits(ref_logits, response_ids)
         values = self._values(query_ids, query_mask, response_ids, response_mask, hidden)
         # 2. score: the reward model reads text + EOS exactly as it was trained (minirlhf.reward.score_texts)
-        responses = self.decode(response_ids, response_mask)
+        responses = decode_responses(self.tokenizer, response_ids, response_mask)
         scores = score_texts(self.reward_model, self.rm_tokenizer, prompts, responses).to(self.device)
         return Rollout(query_ids, response_ids, response_mask, logprobs, ref_logprobs, values, scores, has_eos,
                        prompts, responses, [gold_or_none(p, r) for p, r in zip(prompts, responses)], [r.get("intent", "") for r in rows])
