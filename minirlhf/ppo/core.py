@@ -1,80 +1,102 @@
-"""The pure math of PPO for language models: masked statistics, KL estimators, reward shaping, GAE,
-clipped losses, and KL controllers. No models, no I/O: every function is tested against a naive reference.
+"""The pure math of PPO for language models: masked statistics, log-probs and KL estimators, reward
+shaping, GAE, the clipped losses, and the KL-coefficient controllers. No models, no I/O, no state but the
+controllers': every function is tested against a naive reference in tests/test_ppo_core.py.
 
-The trainer (`trainer.py`) calls them in the paper's order: `shape_rewards` (per-token -beta*KL plus the
-reward-model score at the last token), `compute_gae`, `masked_whiten` on the advantages, then
-`policy_loss` + `value_loss` per minibatch. Sources: Schulman et al. 2016 (GAE), 2017 (PPO);
-Ziegler et al. 2019 (KL penalty, adaptive controller); Huang et al. 2024, "The N+ implementation details
-of RLHF with PPO" (masking, whitening, EOS penalty, approx-KL).
+The trainer (`trainer.py`) uses it in the paper's order:
 
-Conventions: response tensors are (batch, resp_len); `mask` is 1.0 on real response tokens (up to and
-including EOS) and 0.0 on padding after it. Masked-out positions of every per-token output are 0.
+    mask, has_eos = response_mask_from_eos(response_ids, eos_token_id)       # after sampling
+    logprobs = logprobs_from_logits(logits, response_ids)                   # policy and reference
+    rewards, non_score_rewards, kl = shape_rewards(scores, logprobs, ref_logprobs, mask, kl_ctl.value, ...)
+    advantages, returns = compute_gae(rewards, values, mask, gamma, lam)
+    advantages = masked_whiten(advantages, mask)
+    pg_loss, pg_stats = policy_loss(new_logprobs, logprobs, advantages, mask, cliprange)   # per minibatch
+    vf_loss, vf_stats = value_loss(new_values, values, returns, mask, cliprange_value)
+    kl_ctl.update(mean_kl, batch_size)                                       # once per rollout
+
+Sources: Schulman et al. 2016 (GAE) and 2017 (PPO); Ziegler et al. 2019, "Fine-Tuning Language Models
+from Human Preferences" (per-token KL penalty, adaptive controller); Huang et al. 2024, "The N+
+Implementation Details of RLHF with PPO" (masking, whitening, EOS penalty, approx-KL), as in CleanRL.
+
+Conventions: response tensors are (batch, resp_len); `mask` (float or bool) is 1 on real response tokens,
+up to and including EOS, and 0 on the padding after it. Masked statistics read only masked positions:
+whatever padding holds (even NaN) leaves their values unchanged, and finite padding gets zero gradient.
+Every per-token output is 0 on padding. Losses are means over real tokens of the whole (mini)batch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+KLKind = Literal["k1", "k3"]
+
 
 # ---- masked statistics -----------------------------------------------------------------------------
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+    """Sum of x over masked positions (all of them, or along `dim`)."""
+    kept = torch.where(mask.bool(), x, 0.0)  # where, not x * mask: NaN/inf in padding stay out
+    return kept.sum() if dim is None else kept.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean over masked positions (0 where a row has none, never NaN)."""
-    mask = mask.to(x.dtype)
-    return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1.0) if dim is not None else masked_sum(x, mask) / mask.sum().clamp(min=1.0)
+    """Mean of x over masked positions; 0 (never NaN) where there are none."""
+    count = mask.bool().sum() if dim is None else mask.bool().sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mask = mask.to(x.dtype)
+    """Variance of x over all masked positions. Bessel's correction (unbiased) needs n >= 2 masked
+    tokens; with fewer the biased value (0 or 0/0 -> 0) is returned rather than inf."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+    n = mask.bool().sum()
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked positions; masked-out positions are returned as 0.
-    With shift_mean=False the mean is added back (scale only), as for reward whitening."""
+    """(x - mean) / sqrt(var + 1e-8), mean and var over masked positions only; masked-out positions are
+    returned as 0. shift_mean=False adds the mean back (rescale only), as TRL does for reward whitening."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)  # (batch, resp_len)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask.to(x.dtype)
+    return torch.where(mask.bool(), whitened, 0.0)
 
 
 # ---- log-probabilities, entropy, KL -----------------------------------------------------------------
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) per position: (batch, seq, vocab), (batch, seq) -> (batch, seq)."""
-    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, labels.unsqueeze(-1)).squeeze(-1)
+    """log p(label_t) at each position: logits (batch, seq, vocab), labels (batch, seq) -> (batch, seq).
+    Computed in float32 whatever the logits' dtype (bf16 log-softmax is too coarse for PPO ratios)."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (batch, seq, vocab)
+    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (batch, seq)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical at each position: (batch, seq, vocab) -> (batch, seq)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    """Entropy -sum_v p_v log p_v of the next-token distribution: (batch, seq, vocab) -> (batch, seq)."""
+    probs = F.softmax(logits.float(), dim=-1)  # (batch, seq, vocab)
+    return torch.special.entr(probs).sum(-1)  # entr(0) = 0, so banned (-inf) logits are safe
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k1 = log pi - log pi_ref: unbiased for KL(pi || pi_ref) on samples of pi, can be negative."""
+    """k1 = log pi(y) - log pi_ref(y): unbiased for KL(pi || pi_ref) on samples y ~ pi, can be negative
+    per token (Ziegler et al. 2019 use it as the per-token penalty)."""
     return logprobs - ref_logprobs
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k3 = (r - 1) - log r with r = pi_ref / pi (Schulman, "Approximating KL divergence"): unbiased, >= 0."""
-    log_ratio = ref_logprobs - logprobs
+    """k3 = (r - 1) - log r with r = pi_ref(y) / pi(y) (Schulman 2020, "Approximating KL divergence"):
+    unbiased for KL(pi || pi_ref) on samples of pi, and >= 0 per token, with lower variance than k1."""
+    log_ratio = ref_logprobs - logprobs  # log r
     return torch.expm1(log_ratio) - log_ratio
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: Literal["k1", "k3"] = "k1") -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind = "k1") -> torch.Tensor:
+    """Per-token KL estimate of the chosen kind (config `kl_estimator`)."""
     if kind == "k1":
         return kl_k1(logprobs, ref_logprobs)
     if kind == "k3":
@@ -84,8 +106,9 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: Literal
 
 # ---- rewards and advantages -------------------------------------------------------------------------
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last real token; 0 for a row with none (the score then sits at position 0)."""
-    return (mask.sum(1).long() - 1).clamp(min=0)
+    """Index of each row's last real token, mask.sum(1) - 1: (batch, resp_len) -> (batch,).
+    A row with no real token gets -1; callers must not index with it (see shape_rewards)."""
+    return mask.bool().sum(1) - 1
 
 
 def shape_rewards(
@@ -94,48 +117,60 @@ def shape_rewards(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
-    kl_kind: Literal["k1", "k3"] = "k1",
+    kl_kind: KLKind = "k1",
     missing_eos_penalty: float | None = None,
     has_eos: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token rewards (Ziegler et al. 2019): -kl_coef * KL at every response token, plus the reward-model
-    score at the last real token. Rows without EOS get `missing_eos_penalty` (negative, e.g. -1.0) added to
-    their score (Huang et al. 2024). Returns (rewards, non_score_rewards, kl), all (batch, resp_len)."""
-    mask = mask.to(logprobs.dtype)
-    kl = kl_penalty(logprobs, ref_logprobs, kl_kind) * mask
-    non_score_rewards = -kl_coef * kl
-    scores = scores.to(logprobs.dtype)
-    if missing_eos_penalty is not None and has_eos is not None:
+    """Per-token rewards (Ziegler et al. 2019): -kl_coef * KL at every real token, plus the reward-model
+    score on the last real token. Rows without EOS first get `missing_eos_penalty` added to their score
+    (a negative number, e.g. -1.0; Huang et al. 2024). A row with no real token gets no score at all: it
+    has no action to credit, and every output stays 0 on padding.
+    Returns (rewards, non_score_rewards, kl), each (batch, resp_len) and 0 on padding."""
+    kl = torch.where(mask.bool(), kl_penalty(logprobs, ref_logprobs, kl_kind), 0.0)  # (batch, resp_len)
+    non_score_rewards = -kl_coef * kl  # (batch, resp_len)
+    scores = scores.to(non_score_rewards.dtype)  # (batch,)
+    if missing_eos_penalty is not None:
+        if has_eos is None:
+            raise ValueError("missing_eos_penalty is set but has_eos is None: pass has_eos from response_mask_from_eos")
         scores = torch.where(has_eos.bool(), scores, scores + missing_eos_penalty)
-    rewards = non_score_rewards.clone()
-    rows = torch.arange(rewards.shape[0], device=rewards.device)
-    rewards[rows, last_token_index(mask)] += scores
-    return rewards, non_score_rewards, kl
+    last = last_token_index(mask)  # (batch,)
+    rows = torch.arange(len(scores), device=scores.device)
+    score_at_last = torch.zeros_like(non_score_rewards)
+    score_at_last[rows, last.clamp(min=0)] = torch.where(last >= 0, scores, 0.0)  # empty rows: nothing
+    return non_score_rewards + score_at_last, non_score_rewards, kl
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) over padded responses. The value after the
-    last real token is 0 (the episode ends); padded positions get 0 advantage. Returns (advantages, returns)."""
-    mask = mask.to(values.dtype)
-    rewards, values = rewards * mask, values * mask
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), as the reverse loop over time:
+    delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1}.
+    The value after the last real token is 0 (the episode ends there); padding gets 0 advantage and return.
+    Returns (advantages, returns = advantages + values), both (batch, resp_len)."""
+    real = mask.bool()
+    rewards = torch.where(real, rewards, 0.0)  # (batch, resp_len)
+    values = torch.where(real, values, 0.0)  # (batch, resp_len): V = 0 on padding = terminal value
     advantages = torch.zeros_like(values)
-    last_gae = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])  # (batch,)
     for t in reversed(range(values.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(last_gae)
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(next_advantage)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last_gae = delta + gamma * lam * last_gae
-        last_gae = last_gae * mask[:, t]  # padding carries nothing back
-        advantages[:, t] = last_gae
-    returns = advantages + values
-    return advantages * mask, returns * mask
+        next_advantage = torch.where(real[:, t], delta + gamma * lam * next_advantage, 0.0)
+        advantages[:, t] = next_advantage
+    return advantages, torch.where(real, advantages + values, 0.0)
 
 
 # ---- losses -----------------------------------------------------------------------------------------
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate (Schulman et al. 2017): mean over tokens of max(-A r, -A clip(r, 1-eps, 1+eps))."""
-    log_ratio = (logprobs - old_logprobs) * mask
-    ratio = torch.exp(log_ratio)
+    """Clipped surrogate objective (Schulman et al. 2017), averaged over real tokens:
+    loss = mean max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
+    Gradients flow through `logprobs` only (old_logprobs and advantages are detached here).
+    Stats (detached): approxkl = 0.5 * mean (log r)^2 (Huang et al. 2024), clipfrac = share of real tokens
+    where the clipped term was the max, ratio_mean / ratio_max over real tokens (1.0 if there are none)."""
+    real = mask.bool()
+    log_ratio = torch.where(real, logprobs - old_logprobs.detach(), 0.0)  # (batch, resp_len), 0 on padding
+    ratio = torch.exp(log_ratio)  # (batch, resp_len)
+    advantages = advantages.detach()
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     loss = masked_mean(torch.max(unclipped, clipped), mask)
@@ -143,18 +178,21 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         stats = {
             "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "ratio_max": (ratio * mask).max() if mask.any() else torch.tensor(1.0),
+            "ratio_mean": masked_mean(ratio, mask) if real.any() else ratio.new_ones(()),
+            "ratio_max": ratio[real].max() if real.any() else ratio.new_ones(()),
         }
     return loss, stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss: 0.5 * mean of max((v - R)^2, (clip(v, v_old +- eps) - R)^2)."""
+    """Clipped value loss (Huang et al. 2024, as in OpenAI's lm-human-preferences):
+    0.5 * mean max((v - R)^2, (clip(v, v_old - eps, v_old + eps) - R)^2) over real tokens.
+    Gradients flow through `values` only. Stats: clipfrac = share of real tokens where the clipped term won."""
+    old_values, returns = old_values.detach(), returns.detach()
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    loss_unclipped = (values - returns) ** 2
-    loss_clipped = (clipped_values - returns) ** 2
+    loss_unclipped = (values - returns) ** 2  # (batch, resp_len)
+    loss_clipped = (clipped_values - returns) ** 2  # (batch, resp_len)
     loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask)}
@@ -162,57 +200,65 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R) over masked tokens; NaN when the returns have no variance."""
-    var_returns = masked_var(returns, mask, unbiased=False)
-    if float(var_returns) == 0.0:
-        return float("nan")
-    return float(1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns)
+    """1 - Var(R - V) / Var(R) over real tokens: 1 for a perfect critic, <= 0 for one no better than a
+    constant. NaN when the returns have zero variance (including no real tokens): the ratio is undefined."""
+    var_returns = float(masked_var(returns, mask, unbiased=False))
+    if var_returns == 0.0:
+        return math.nan
+    return 1.0 - float(masked_var(returns - values, mask, unbiased=False)) / var_returns
 
 
 # ---- EOS handling -----------------------------------------------------------------------------------
 def first_true_indices(bools: torch.Tensor) -> torch.Tensor:
-    """Index of the first True in each row, or the row length if there is none. (batch, n) -> (batch,)."""
+    """Index of the first True in each row, or the row length if there is none: (batch, n) -> (batch,)."""
     n = bools.shape[-1]
-    positions = torch.arange(n, device=bools.device).expand_as(bools)
-    return torch.where(bools.bool(), positions, torch.full_like(positions, n)).min(-1).values
+    positions = torch.arange(n, device=bools.device).expand_as(bools)  # (batch, n)
+    return torch.where(bools.bool(), positions, n).min(-1).values
 
 
 def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask that is 1 up to and including the first EOS and 0 after; and whether each row has an EOS."""
+    """Float mask (batch, resp_len), 1 up to and including the first EOS and 0 after it (all 1 for a row
+    without EOS, which was cut at max length); and has_eos (batch,) bool."""
     first_eos = first_true_indices(response_ids == eos_token_id)  # (batch,)
-    positions = torch.arange(response_ids.shape[1], device=response_ids.device).unsqueeze(0)
-    mask = (positions <= first_eos.unsqueeze(1)).float()
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device)  # (resp_len,)
+    mask = (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).float()  # (batch, resp_len)
     return mask, first_eos < response_ids.shape[1]
 
 
 # ---- KL controllers ---------------------------------------------------------------------------------
 class FixedKLController:
+    """A constant kl_coef, with the adaptive controller's interface."""
+
     def __init__(self, kl_coef: float):
-        self.value = kl_coef
+        self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        pass
+        """Nothing to adapt."""
 
-    def state_dict(self) -> dict:
-        return {"value": float(self.value)}
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         self.value = float(state["value"])
 
 
 class AdaptiveKLController:
-    """Ziegler et al. 2019, section 2.2: beta <- beta * (1 + K_beta * e), e = clip(KL / target - 1, +-0.2),
-    with K_beta = n_steps / horizon."""
+    """Ziegler et al. 2019, section 2.2: e = clip(KL / target - 1, -0.2, 0.2), beta <- beta * (1 + e * n_steps
+    / horizon). `current_kl` is the mean per-sequence KL of the rollout, `n_steps` its number of samples."""
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"AdaptiveKLController needs target > 0 and horizon > 0, got target={target}, horizon={horizon}")
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        if not math.isfinite(current_kl):
+            raise ValueError(f"current_kl={current_kl} is not finite: the KL controller cannot adapt to it")
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
 
-    def state_dict(self) -> dict:
-        return {"value": float(self.value), "target": float(self.target), "horizon": int(self.horizon)}
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), int(state["horizon"])
