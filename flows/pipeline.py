@@ -1,0 +1,115 @@
+"""The RLHF pipeline as a Prefect flow: data -> sft -> reward -> ppo -> eval, each stage a cached task.
+
+Usage:
+    python -m flows.pipeline configs/demo.yaml --set ppo.kl_coef=0.1      # one run, ephemeral Prefect
+    from flows.pipeline import rlhf_pipeline
+    results = rlhf_pipeline(load_config("configs/demo.yaml"))           # {"data": StageResult, ...}
+    prefect deploy --all && prefect worker start --pool minirlhf-pool    # deployments: prefect.yaml
+
+A rerun with the same config is answered from the cache (task state "Cached"); a stage whose output was
+deleted or corrupted is recomputed, with everything whose inputs changed because of it; an unstable PPO
+run is retried from its last good checkpoint (tasks/ppo.py). The store (`<output_dir>/rlhf.duckdb`) gets
+one `runs` row per flow run (with the Prefect flow run id) and one `stage_runs` row per stage attempt; the
+UI gets a markdown summary and a table comparing the policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+from minirlhf.config import PipelineConfig, load_config
+from minirlhf.pipeline import STAGES, upstream_of
+from minirlhf.stage import StageResult
+from minirlhf.store import Store
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import deployment, flow_run
+
+from tasks import STAGE_TASKS, run_stage_task
+
+HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_proxy", "response_length", "eos_rate", "distinct_2")
+
+
+@flow(name="rlhf-pipeline", flow_run_name="{config.name}-seed{config.seed}")
+def rlhf_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, StageResult]:
+    """Run (or reuse) every stage of the RLHF pipeline on `config` and record the run in the store."""
+    store = Store.for_output_dir(config.output_dir)
+    run_id = store.start_run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id,
+                             deployment=deployment.name, parameters={"config": config.model_dump(mode="json")})
+    results: dict[str, StageResult] = {}
+    try:
+        for name in STAGES:
+            upstream = {u: results[u] for u in upstream_of(config, name)}
+            results[name] = run_stage_task(STAGE_TASKS[name], config, upstream, run_id)
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "completed")
+    publish_summary(config, results)
+    return results
+
+
+# ---- artifacts for people in the UI (metrics live in the store) --------------------------------------
+def policy_comparison(eval_metrics: dict[str, float]) -> list[dict]:
+    """`eval/<policy>/<metric>` -> one row per policy, headline metrics first (None where a policy has none)."""
+    by_policy: dict[str, dict[str, float]] = {}
+    for name, value in eval_metrics.items():
+        _, policy, metric = name.split("/", 2)
+        by_policy.setdefault(policy, {})[metric] = value
+    metrics = [m for m in HEADLINE if any(m in row for row in by_policy.values())]
+    metrics += sorted({m for row in by_policy.values() for m in row} - set(metrics))
+    return [{"policy": policy, **{m: _round(row.get(m)) for m in metrics}} for policy, row in by_policy.items()]
+
+
+def summary_markdown(config: PipelineConfig, results: dict[str, StageResult]) -> str:
+    lines = [f"# RLHF pipeline `{config.name}` (seed {config.seed})", "",
+             "| stage | reused | seconds | sha256 | output |", "|---|---|---:|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {'yes' if r.cache_hit else 'no'} | {r.seconds:.1f} | `{r.sha256[:12]}` | `{r.output_dir}` |")
+    rows = policy_comparison(results["eval"].metrics) if "eval" in results else []
+    if rows:
+        policies = [row["policy"] for row in rows]
+        lines += ["", f"## Evaluation on {config.eval.n_prompts} held-out prompts (at most)", "",
+                  "| metric | " + " | ".join(policies) + " |", "|---|" + "---:|" * len(policies)]
+        for metric in [k for k in rows[0] if k != "policy"]:
+            lines.append(f"| {metric} | " + " | ".join("" if row[metric] is None else f"{row[metric]:.4g}" for row in rows) + " |")
+    if "ppo" in results:
+        m = results["ppo"].metrics
+        lines += ["", f"PPO: {results['ppo'].step} steps, resumed from step {int(m.get('ppo/resumed_from_step', 0))}."]
+    lines += ["", f"Store: `{Path(config.output_dir) / 'rlhf.duckdb'}` (`minirlhf query \"select * from metrics\"`)."]
+    return "\n".join(lines)
+
+
+def publish_summary(config: PipelineConfig, results: dict[str, StageResult]) -> None:
+    slug = re.sub(r"[^a-z0-9-]+", "-", config.name.lower()).strip("-") or "run"  # artifact keys: a-z, 0-9, dashes
+    create_markdown_artifact(summary_markdown(config, results), key=f"{slug}-summary",
+                             description=f"RLHF pipeline {config.name}: stages and evaluation")
+    if "eval" in results:
+        create_table_artifact(policy_comparison(results["eval"].metrics), key=f"{slug}-policies",
+                              description="SFT vs RLHF policies on held-out prompts (eval/<policy>/<metric>)")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+# ---- command line -------------------------------------------------------------------------------------
+def run_from_yaml(path: str | Path | None = "configs/demo.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, StageResult]:
+    """Load a YAML config (plus `section.field=value` overrides) and run the flow on it."""
+    return rlhf_pipeline(load_config(path, overrides))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the RLHF pipeline as a Prefect flow.")
+    parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config value, e.g. --set ppo.kl_coef=0.1 (repeatable)")
+    args = parser.parse_args(argv)
+    run_from_yaml(args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The reward-model stage as a Prefect task: trains and evaluates the reward model on preference pairs.
+
+Usage (inside a flow; see tasks/common.py for the cache key and why to go through run_stage_task):
+    result = run_stage_task(reward_task, cfg, upstream, run_id)
+"""
+
+from __future__ import annotations
+
+from minirlhf.config import PipelineConfig
+from minirlhf.stage import StageResult
+from prefect import task
+
+from tasks.common import run_recorded, stage_task_options
+
+
+@task(**stage_task_options("reward"))
+def reward_task(cfg: PipelineConfig, upstream: dict[str, StageResult], run_id: str) -> StageResult:
+    return run_recorded("reward", cfg, upstream, run_id)

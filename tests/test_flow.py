@@ -1,0 +1,216 @@
+"""The Prefect flow end to end (e2e tier) on a tiny config, against a temporary Prefect server:
+first run computes every stage, a rerun is answered from the cache, a deleted SFT file is recomputed
+(and what depends on it), an unstable PPO attempt is retried from its checkpoint; plus prefect.yaml.
+
+The tests run in file order on one output directory (module fixtures): each leaves it complete.
+"""
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+from prefect.states import Completed, Failed
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import policy_comparison, rlhf_pipeline
+from minirlhf.config import PipelineConfig, load_config
+from minirlhf.pipeline import STAGES, run_pipeline, stage_dir
+from minirlhf.ppo.trainer import PPOUnstable, checkpoint_dir_for
+from minirlhf.stage import StageResult, is_complete
+from minirlhf.store import Store
+from tasks import prefect_cache_key, stage_code_digest
+from tasks.common import RESULTS_DIRNAME, _stage_files
+from tasks.ppo import TEST_NAN_AT_STEP_ENV, retry_if_unstable
+from tests.test_ppo import TINY
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class FlowRun:
+    """One flow run as the tests see it: its results, its task runs in Prefect, its rows in the store."""
+
+    flow_run_id: str
+    results: dict[str, StageResult]
+    seconds: float
+    task_runs: dict[str, TaskRun]  # stage -> its last task run in this flow run
+    stage_runs: list[dict]  # stage_runs rows of this flow run, in start order
+
+    def states(self) -> dict[str, str]:
+        return {stage: tr.state.name for stage, tr in self.task_runs.items()}
+
+    def rows(self, stage: str) -> list[dict]:
+        return [r for r in self.stage_runs if r["stage"] == stage]
+
+
+def run_flow(cfg: PipelineConfig) -> FlowRun:
+    started = time.perf_counter()
+    state = rlhf_pipeline(cfg, return_state=True)
+    seconds = time.perf_counter() - started
+    results = state.result()  # raises if the flow failed
+    flow_run_id = str(state.state_details.flow_run_id)
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_stage = {tr.name.rsplit("-", 1)[0]: tr for tr in sorted(task_runs, key=lambda tr: tr.created)}
+    rows = Store.for_output_dir(cfg.output_dir).query(
+        "select s.* from stage_runs s join runs r using (run_id) where r.prefect_flow_run_id = ? order by s.started_at",
+        [flow_run_id]).to_dict("records")
+    return FlowRun(flow_run_id, results, seconds, by_stage, rows)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A temporary Prefect server and database; results that are not ours go to a tmp dir (the harness
+    does not isolate them)."""
+    default_results = tmp_path_factory.mktemp("prefect-default-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: default_results, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> PipelineConfig:
+    return load_config(None, TINY + [f"output_dir={tmp_path_factory.mktemp('flow')}"])
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tiny) -> FlowRun:
+    return run_flow(tiny)
+
+
+def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
+    assert first_run.states() == {s: "Completed" for s in STAGES}
+    rows = first_run.stage_runs
+    assert [r["stage"] for r in rows] == list(STAGES)
+    assert all(r["status"] == "completed" and not r["cache_hit"] and r["attempt"] == 1 for r in rows)
+    for r in rows:  # lineage: the task run and the cache key (a file under prefect-results) of each stage
+        assert r["task_run_id"] == str(first_run.task_runs[r["stage"]].id)
+        key = prefect_cache_key(r["stage"], tiny, first_run.results)
+        assert r["cache_key"] == key and (tiny.output_dir / RESULTS_DIRNAME / key).is_file()
+    store = Store.for_output_dir(tiny.output_dir)
+    run = store.query("select status, deployment, parameters from runs where prefect_flow_run_id = ?", [first_run.flow_run_id])
+    assert run["status"].tolist() == ["completed"] and run["deployment"].isna().all()
+    for stage, result in first_run.results.items():
+        assert is_complete(Path(result.output_dir)) and not result.cache_hit, stage
+    assert "eval/ppo/gold_reward" in first_run.results["eval"].metrics
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {"demo-summary", "demo-policies"}
+    assert "| gold_reward |" in by_key["demo-summary"].data and "| sft | no |" in by_key["demo-summary"].data
+    assert [row["policy"] for row in json.loads(by_key["demo-policies"].data)] == ["sft", "ppo"]
+    print(f"\nfirst flow run (tiny config): {first_run.seconds:.1f} s")
+
+
+def test_rerun_is_answered_from_the_cache(first_run, tiny):
+    again = run_flow(tiny)
+    assert again.states() == {s: "Cached" for s in STAGES}
+    assert [(r["stage"], r["status"], r["cache_hit"]) for r in again.stage_runs] == [(s, "completed", True) for s in STAGES]
+    assert {s: r.sha256 for s, r in again.results.items()} == {s: r.sha256 for s, r in first_run.results.items()}
+    assert all(r.cache_hit for r in again.results.values())
+    metrics = Store.for_output_dir(tiny.output_dir).query(  # a cached stage's metrics are recorded for this run too
+        "select count(*) as n from metrics where stage_run_id = ? and name like 'eval/%'", [again.rows("eval")[0]["stage_run_id"]])
+    assert metrics["n"][0] > 0
+    print(f"\ncached rerun: {again.seconds:.1f} s (first run {first_run.seconds:.1f} s)")
+
+
+def test_cached_record_that_no_longer_matches_the_files_is_rerun(first_run, tiny):
+    """The CLI recomputes PPO outside Prefect (new digest: its metrics hold timings): the cached record is stale,
+    so the flow reruns the task, which reuses the files now on disk instead of returning the stale record."""
+    ppo_dir = Path(first_run.results["ppo"].output_dir)
+    shutil.rmtree(ppo_dir)
+    shutil.rmtree(checkpoint_dir_for(ppo_dir))
+    run_pipeline(tiny)  # the CLI's path
+    on_disk = StageResult.from_dir(ppo_dir).sha256
+    assert on_disk != first_run.results["ppo"].sha256
+    after = run_flow(tiny)
+    assert after.results["ppo"].sha256 == on_disk
+    assert after.states()["ppo"] == "Completed" and after.rows("ppo")[0]["cache_hit"]  # rerun, files reused
+    assert after.rows("eval")[0]["cache_hit"]  # the CLI evaluated the new PPO policy already
+
+
+def test_deleted_sft_file_recomputes_sft_and_what_depends_on_it(first_run, tiny):
+    before = run_flow(tiny).results
+    sft_dir = Path(before["sft"].output_dir)
+    (sft_dir / "model.safetensors").unlink()
+    after = run_flow(tiny)
+    assert after.states()["data"] == "Cached"
+    assert after.states()["sft"] == "Completed" and not after.rows("sft")[0]["cache_hit"]
+    assert is_complete(sft_dir) and after.results["sft"].output_dir == str(sft_dir)
+    changed = after.results["sft"].sha256 != before["sft"].sha256  # SFT's metrics.json holds its run time: it changes
+    print(f"\nSFT recomputed in {after.seconds:.1f} s; its digest changed: {changed}")
+    for stage in ("reward", "ppo", "eval"):  # their keys hold SFT's digest (directly or through reward and ppo)
+        assert (after.states()[stage] == "Cached") is not changed, stage
+        assert after.rows(stage)[0]["cache_hit"] is not changed, stage
+        assert is_complete(Path(after.results[stage].output_dir)), stage
+
+
+def test_unstable_ppo_is_retried_from_its_last_checkpoint(first_run, tiny, monkeypatch):
+    cfg = tiny.model_copy(update={"ppo": tiny.ppo.model_copy(update={"kl_coef": 0.1})})  # a new PPO key, same inputs
+    monkeypatch.setenv(TEST_NAN_AT_STEP_ENV, "5")  # step 5 of a fresh run: checkpoint step 3 exists by then
+    run = run_flow(cfg)
+    assert [run.states()[s] for s in ("data", "sft", "reward")] == ["Cached"] * 3
+    assert run.states()["ppo"] == "Completed" and run.task_runs["ppo"].run_count == 2
+    attempts = run.rows("ppo")
+    assert [(r["attempt"], r["status"]) for r in attempts] == [(1, "failed"), (2, "completed")]
+    assert "PPOUnstable" in attempts[0]["cause"] and "nan_loss" in attempts[0]["cause"]
+    assert pd.isna(attempts[1]["cause"]) and attempts[0]["task_run_id"] == attempts[1]["task_run_id"]
+    assert run.results["ppo"].metrics["ppo/resumed_from_step"] == 3
+    lr = Store.for_output_dir(cfg.output_dir).query(  # the retry's learning rate: scaled by lr_scale_on_retry ** 1
+        "select value from metrics where stage_run_id = ? and name = 'ppo/lr' and step = 4", [attempts[1]["stage_run_id"]])
+    steps = cfg.ppo.steps
+    assert lr["value"][0] == pytest.approx(cfg.ppo.learning_rate * cfg.ppo.lr_scale_on_retry * (1 - 4 / steps), rel=1e-6)
+    assert run.states()["eval"] == "Completed"
+
+
+# ---- cheap checks (no flow run) -----------------------------------------------------------------------
+def test_retry_condition_retries_only_ppo_unstable():
+    assert retry_if_unstable(None, None, Failed(data=PPOUnstable("nan_loss", 5, None)))
+    assert not retry_if_unstable(None, None, Failed(data=FileNotFoundError("no sft model")))
+    assert not retry_if_unstable(None, None, Completed(data=1))
+
+
+def test_code_digest_covers_helper_modules_and_differs_by_stage():
+    sft_files = {p.name for p in _stage_files("sft")}
+    assert {"sft.py", "models.py", "stage.py", "config.py"} <= sft_files  # helpers, not only the task's source
+    assert "trainer.py" in {p.name for p in _stage_files("ppo")} and "evaluate.py" not in sft_files
+    assert len({stage_code_digest(s) for s in STAGES}) == len(STAGES)
+    cfg = PipelineConfig()
+    data = StageResult("data", "x", "d" * 64)
+    assert prefect_cache_key("sft", cfg, {"data": data}) != prefect_cache_key("sft", cfg, {"data": StageResult("data", "x", "e" * 64)})
+    assert prefect_cache_key("sft", cfg, {"data": data}).startswith("sft-" + stage_dir(cfg, "sft", {"data": data})[0])
+
+
+def test_policy_comparison_rows():
+    rows = policy_comparison({"eval/sft/gold_reward": 0.1, "eval/ppo/gold_reward": 0.3, "eval/ppo/win_rate_gold": 0.6,
+                              "eval/sft/kl": float("nan")})
+    assert rows == [{"policy": "sft", "gold_reward": 0.1, "kl": None, "win_rate_gold": None},
+                    {"policy": "ppo", "gold_reward": 0.3, "kl": None, "win_rate_gold": 0.6}]
+
+
+def test_prefect_yaml_deployments_match_the_flow():
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"rlhf-demo", "rlhf-nightly"}
+    assert [s["cron"] for s in deployments["rlhf-nightly"].get("schedules", [])] == ["0 3 * * *"]
+    assert not deployments["rlhf-demo"].get("schedules")
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    for d in deployments.values():
+        assert d["entrypoint"] == "flows/pipeline.py:rlhf_pipeline" and d["work_pool"]["name"] == "minirlhf-pool"
+        flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
+        assert flow.name == "rlhf-pipeline"
+        params = flow.validate_parameters(d["parameters"])  # the server validates the same way
+        assert params["config"] == demo
