@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from minirlhf.config import PipelineConfig
 from minirlhf.stage import StageResult, is_complete, stage_key
@@ -105,29 +106,44 @@ def stage_dir(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult]) 
     return key, Path(cfg.output_dir) / name / key
 
 
-def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], store: Store, run_id: str, attempt: int = 1) -> StageResult:
-    """Run one stage (or reuse its complete output) and record it in the store."""
-    plan = PLANS[name]
+@contextmanager
+def recorded_stage(store: Store, run_id: str, name: str, cfg: PipelineConfig, out: Path, *, cache_key: str,
+                   cache_hit: bool, attempt: int = 1, task_run_id: str | None = None) -> Iterator[str]:
+    """One row in stage_runs: 'completed', or 'failed' with the exception as its cause (then re-raised)."""
+    stage_run_id = store.start_stage(run_id, name, config=cfg.model_dump(mode="json"), cache_key=cache_key,
+                                     cache_hit=cache_hit, attempt=attempt, task_run_id=task_run_id, output_dir=str(out))
+    try:
+        yield stage_run_id
+    except BaseException as exc:
+        store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish_stage(stage_run_id, "completed")
+
+
+def log_result(store: Store, stage_run_id: str, name: str, result: StageResult) -> None:
+    """A stage's summary metrics (at its last step) and its output directory with its digest."""
+    store.log_metrics(stage_run_id, result.metrics, step=result.step)
+    store.log_artifact(stage_run_id, ARTIFACT_KINDS.get(name, "checkpoint"), result.output_dir, sha256=result.sha256)
+
+
+def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], store: Store, run_id: str,
+              attempt: int = 1, *, cache_key: str | None = None, task_run_id: str | None = None,
+              run: Callable[..., StageResult] | None = None) -> StageResult:
+    """Run one stage (or reuse its complete output) and record it in the store. An orchestrator passes its
+    own cache key, task run id and attempt; `run` replaces the plan's runner (e.g. PPO with a scaled lr)."""
     key, out = stage_dir(cfg, name, upstream)
     cached = is_complete(out)
-    stage_run_id = store.start_stage(
-        run_id, name, config=cfg.model_dump(mode="json"), cache_key=key, cache_hit=cached, attempt=attempt, output_dir=str(out)
-    )
-    try:
+    with recorded_stage(store, run_id, name, cfg, out, cache_key=cache_key or key, cache_hit=cached, attempt=attempt,
+                        task_run_id=task_run_id) as stage_run_id:
         if cached:
             result = StageResult.from_dir(out)
             result.cache_hit = True
             log.info("%s: complete output found at %s, skipped", name, out)
         else:
-            log.info("%s: running -> %s", name, out)
+            log.info("%s: running (attempt %d) -> %s", name, attempt, out)
             inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
-            result = plan.run(cfg, inputs, out, StoreLogger(store, stage_run_id))
-        store.log_metrics(stage_run_id, result.metrics, step=result.step)
-        store.log_artifact(stage_run_id, ARTIFACT_KINDS.get(name, "checkpoint"), out, sha256=result.sha256)
-    except BaseException as exc:
-        store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish_stage(stage_run_id, "completed")
+            result = (run or PLANS[name].run)(cfg, inputs, out, StoreLogger(store, stage_run_id))
+        log_result(store, stage_run_id, name, result)
     return result
 
 

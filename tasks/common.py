@@ -23,15 +23,14 @@ import ast
 import hashlib
 import inspect
 import textwrap
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import minirlhf
 from minirlhf.config import PipelineConfig
-from minirlhf.pipeline import ARTIFACT_KINDS, PLANS, StoreLogger, stage_dir, upstream_of
+from minirlhf.pipeline import PLANS, StoreLogger, log_result, recorded_stage, run_stage, stage_dir
 from minirlhf.stage import StageResult, is_complete
 from minirlhf.store import Store
 from prefect import Task, get_run_logger
@@ -123,49 +122,19 @@ def stage_task_options(stage: str) -> dict[str, Any]:
     return {"name": stage, "cache_policy": StageCachePolicy(stage=stage), "persist_result": True}
 
 
-# ---- store bookkeeping (what minirlhf.pipeline.run_stage does, plus the Prefect lineage) ---------------
-@contextmanager
-def recorded_stage(store: Store, run_id: str, stage: str, cfg: PipelineConfig, cache_key: str, out: Path, *,
-                   cache_hit: bool, attempt: int, task_run_id: str | None) -> Iterator[str]:
-    """One row in stage_runs: 'completed', or 'failed' with the exception as its cause (then re-raised)."""
-    stage_run_id = store.start_stage(run_id, stage, config=cfg.model_dump(mode="json"), cache_key=cache_key,
-                                     cache_hit=cache_hit, attempt=attempt, task_run_id=task_run_id, output_dir=str(out))
-    try:
-        yield stage_run_id
-    except BaseException as exc:
-        store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish_stage(stage_run_id, "completed")
-
-
-def log_result(store: Store, stage_run_id: str, stage: str, result: StageResult) -> None:
-    store.log_metrics(stage_run_id, result.metrics, step=result.step)
-    store.log_artifact(stage_run_id, ARTIFACT_KINDS.get(stage, "checkpoint"), result.output_dir, sha256=result.sha256)
-
-
+# ---- the task body: minirlhf.pipeline.run_stage plus the Prefect lineage ------------------------------
 StageRun = Callable[[PipelineConfig, dict[str, Path], Path, StoreLogger], StageResult]
 
 
 def run_recorded(stage: str, cfg: PipelineConfig, upstream: dict[str, StageResult], run_id: str,
                  run: StageRun | None = None) -> StageResult:
-    """The body of a stage task: reuse the stage's complete output or run it (`run`, default the library's
-    plan), recording the attempt (Prefect's run count), the task run id and the cache key in stage_runs."""
+    """The body of a stage task: the library's `run_stage` (reuse complete output or run `run`, default the
+    plan), recording the attempt (Prefect's run count), the task run id and the Prefect cache key."""
     logger = get_run_logger()
-    store = Store.for_output_dir(cfg.output_dir)
-    _, out = stage_dir(cfg, stage, upstream)
-    complete = is_complete(out)
-    with recorded_stage(store, run_id, stage, cfg, prefect_cache_key(stage, cfg, upstream), out, cache_hit=complete,
-                        attempt=task_run.run_count, task_run_id=task_run.id) as stage_run_id:
-        if complete:
-            result = StageResult.from_dir(out)
-            result.cache_hit = True
-            logger.info("%s: complete output found at %s, reused", stage, out)
-        else:
-            logger.info("%s: running (attempt %d) -> %s", stage, task_run.run_count, out)
-            inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, stage)}
-            result = (run or PLANS[stage].run)(cfg, inputs, out, StoreLogger(store, stage_run_id))
-            logger.info("%s: done in %.1f s, sha256 %s", stage, result.seconds, result.sha256[:12])
-        log_result(store, stage_run_id, stage, result)
+    logger.info("%s: attempt %d", stage, task_run.run_count)
+    result = run_stage(cfg, stage, upstream, Store.for_output_dir(cfg.output_dir), run_id, attempt=task_run.run_count,
+                       cache_key=prefect_cache_key(stage, cfg, upstream), task_run_id=task_run.id, run=run)
+    logger.info("%s: %s, sha256 %s", stage, "reused" if result.cache_hit else f"done in {result.seconds:.1f} s", result.sha256[:12])
     return result
 
 
@@ -192,7 +161,7 @@ def run_stage_task(stage_task: Task, cfg: PipelineConfig, upstream: dict[str, St
     if state.name == "Cached":
         result.cache_hit = True
         store = Store.for_output_dir(cfg.output_dir)
-        with recorded_stage(store, run_id, stage, cfg, prefect_cache_key(stage, cfg, upstream), out, cache_hit=True,
+        with recorded_stage(store, run_id, stage, cfg, out, cache_key=prefect_cache_key(stage, cfg, upstream), cache_hit=True,
                             attempt=1, task_run_id=str(state.state_details.task_run_id)) as stage_run_id:
             log_result(store, stage_run_id, stage, result)
     return result
