@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/minirlhf run --config $(CONFIG)
+	$(BIN)/minirlhf flow --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+from urllib.parse import quote
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
@@ -25,11 +27,14 @@ from minirlhf.pipeline import STAGES, upstream_of
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import deployment, flow_run
 
 from tasks import STAGE_TASKS, run_stage_task
 
+# Where `minirlhf dashboard` serves (its default port); set MINIRLHF_DASHBOARD_URL when it runs elsewhere.
+DASHBOARD_URL_ENV = "MINIRLHF_DASHBOARD_URL"
+DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8501"
 HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_proxy", "response_length", "eos_rate", "distinct_2")
 
 
@@ -87,9 +92,17 @@ def publish_summary(config: PipelineConfig, results: dict[str, StageResult]) -> 
     slug = re.sub(r"[^a-z0-9-]+", "-", config.name.lower()).strip("-") or "run"  # artifact keys: a-z, 0-9, dashes
     create_markdown_artifact(summary_markdown(config, results), key=f"{slug}-summary",
                              description=f"RLHF pipeline {config.name}: stages and evaluation")
+    db = (Path(config.output_dir) / "rlhf.duckdb").resolve()
+    create_link_artifact(dashboard_link(db), link_text=f"dashboard of {db}", key=f"{slug}-dashboard",
+                         description=f"Start it with `minirlhf dashboard --db {db}`")
     if "eval" in results:
         create_table_artifact(policy_comparison(results["eval"].metrics), key=f"{slug}-policies",
                               description="SFT vs RLHF policies on held-out prompts (eval/<policy>/<metric>)")
+
+
+def dashboard_link(db: Path) -> str:
+    base = os.environ.get(DASHBOARD_URL_ENV, DEFAULT_DASHBOARD_URL).rstrip("/")
+    return f"{base}/?db={quote(str(db))}"
 
 
 def _round(value: float | None) -> float | None:

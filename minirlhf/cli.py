@@ -73,7 +73,12 @@ def run(
     except (FileNotFoundError, ValueError) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
-    table = Table(title=f"minirlhf run '{cfg.name}' in {time.perf_counter() - started:.1f} s")
+    print_results(cfg, results, time.perf_counter() - started)
+
+
+def print_results(cfg, results: dict, seconds: float) -> None:
+    """The headline metrics of a finished run and where its store is (shared with `minirlhf flow`)."""
+    table = Table(title=f"minirlhf run '{cfg.name}' in {seconds:.1f} s")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for result in results.values():

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from filelock import FileLock
+
 from minirlhf.config import PipelineConfig
 from minirlhf.stage import StageResult, is_complete, stage_key
 from minirlhf.store import Store
@@ -132,19 +134,27 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], 
     """Run one stage (or reuse its complete output) and record it in the store. An orchestrator passes its
     own cache key, task run id and attempt; `run` replaces the plan's runner (e.g. PPO with a scaled lr)."""
     key, out = stage_dir(cfg, name, upstream)
-    cached = is_complete(out)
-    with recorded_stage(store, run_id, name, cfg, out, cache_key=cache_key or key, cache_hit=cached, attempt=attempt,
-                        task_run_id=task_run_id) as stage_run_id:
-        if cached:
-            result = StageResult.from_dir(out)
-            result.cache_hit = True
-            log.info("%s: complete output found at %s, skipped", name, out)
-        else:
-            log.info("%s: running (attempt %d) -> %s", name, attempt, out)
-            inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
-            result = (run or PLANS[name].run)(cfg, inputs, out, StoreLogger(store, stage_run_id))
-        log_result(store, stage_run_id, name, result)
+    with stage_lock(out):
+        cached = is_complete(out)
+        with recorded_stage(store, run_id, name, cfg, out, cache_key=cache_key or key, cache_hit=cached, attempt=attempt,
+                            task_run_id=task_run_id) as stage_run_id:
+            if cached:
+                result = StageResult.from_dir(out)
+                result.cache_hit = True
+                log.info("%s: complete output found at %s, skipped", name, out)
+            else:
+                log.info("%s: running (attempt %d) -> %s", name, attempt, out)
+                inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
+                result = (run or PLANS[name].run)(cfg, inputs, out, StoreLogger(store, stage_run_id))
+            log_result(store, stage_run_id, name, result)
     return result
+
+
+def stage_lock(out: Path) -> FileLock:
+    """One writer per stage output. Two runs of the same stage at once (two flows, or a flow and the CLI)
+    would write the same directory and PPO checkpoints: the second waits, then reuses the first's output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(out.parent / f".{out.name}.lock")
 
 
 def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...]) -> list[str]:

@@ -107,7 +107,8 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.flow_run_id])))
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) == {"demo-summary", "demo-policies"}
+    assert set(by_key) == {"demo-summary", "demo-policies", "demo-dashboard"}
+    assert "8501/?db=" in by_key["demo-dashboard"].data and "rlhf.duckdb" in by_key["demo-dashboard"].data
     assert "| gold_reward |" in by_key["demo-summary"].data and "| sft | no |" in by_key["demo-summary"].data
     assert [row["policy"] for row in json.loads(by_key["demo-policies"].data)] == ["sft", "ppo"]
     print(f"\nfirst flow run (tiny config): {first_run.seconds:.1f} s")
@@ -214,3 +215,13 @@ def test_prefect_yaml_deployments_match_the_flow():
         assert flow.name == "rlhf-pipeline"
         params = flow.validate_parameters(d["parameters"])  # the server validates the same way
         assert params["config"] == demo
+
+
+def test_flow_parameter_is_a_form_with_the_config_limits():
+    """The UI renders the flow's parameter schema as a form; the server validates against it."""
+    schema = rlhf_pipeline.parameters.model_dump()
+    ppo = schema["definitions"]["PPOConfig"]["properties"]
+    assert ppo["kl_coef"]["default"] == 0.2 and ppo["kl_coef"]["minimum"] == 0
+    assert schema["definitions"]["SFTConfig"]["properties"]["learning_rate"]["exclusiveMinimum"] == 0
+    with pytest.raises(Exception, match="kl_coef"):
+        rlhf_pipeline.validate_parameters({"config": {"ppo": {"kl_coef": -1}}})
