@@ -19,7 +19,6 @@ import argparse
 import math
 import os
 import re
-from urllib.parse import quote
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
@@ -34,7 +33,7 @@ from tasks import STAGE_TASKS, run_stage_task
 
 # Where `minirlhf dashboard` serves (its default port); set MINIRLHF_DASHBOARD_URL when it runs elsewhere.
 DASHBOARD_URL_ENV = "MINIRLHF_DASHBOARD_URL"
-DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8501"
+DEFAULT_DASHBOARD_URL = "http://localhost:8501"
 HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_proxy", "response_length", "eos_rate", "distinct_2")
 
 
@@ -53,7 +52,7 @@ def rlhf_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, StageR
         store.finish_run(run_id, "failed")
         raise
     store.finish_run(run_id, "completed")
-    publish_summary(config, results)
+    publish_summary(config, results, run_id)
     return results
 
 
@@ -88,21 +87,22 @@ def summary_markdown(config: PipelineConfig, results: dict[str, StageResult]) ->
     return "\n".join(lines)
 
 
-def publish_summary(config: PipelineConfig, results: dict[str, StageResult]) -> None:
+def publish_summary(config: PipelineConfig, results: dict[str, StageResult], run_id: str) -> None:
     slug = re.sub(r"[^a-z0-9-]+", "-", config.name.lower()).strip("-") or "run"  # artifact keys: a-z, 0-9, dashes
     create_markdown_artifact(summary_markdown(config, results), key=f"{slug}-summary",
                              description=f"RLHF pipeline {config.name}: stages and evaluation")
     db = (Path(config.output_dir) / "rlhf.duckdb").resolve()
-    create_link_artifact(dashboard_link(db), link_text=f"dashboard of {db}", key=f"{slug}-dashboard",
-                         description=f"Start it with `minirlhf dashboard --db {db}`")
+    create_link_artifact(dashboard_link(run_id), link_text=f"dashboard: run {run_id[:8]}, policy comparison", key=f"{slug}-dashboard",
+                         description=f"Start the dashboard first: `minirlhf dashboard --db {db}`")
     if "eval" in results:
         create_table_artifact(policy_comparison(results["eval"].metrics), key=f"{slug}-policies",
                               description="SFT vs RLHF policies on held-out prompts (eval/<policy>/<metric>)")
 
 
-def dashboard_link(db: Path) -> str:
+def dashboard_link(run_id: str, page: str = "comparison") -> str:
+    """The dashboard's URL scheme (dashboards/app.py): ?page=<runs|curves|reward|comparison|samples|failures>&run=<run_id>."""
     base = os.environ.get(DASHBOARD_URL_ENV, DEFAULT_DASHBOARD_URL).rstrip("/")
-    return f"{base}/?db={quote(str(db))}"
+    return f"{base}/?page={page}&run={run_id}"
 
 
 def _round(value: float | None) -> float | None:

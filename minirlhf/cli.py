@@ -6,6 +6,7 @@ Usage:
     minirlhf query "select name, value from metrics where name like 'rm/%'" [--format table|csv|json]
     minirlhf query --file dashboards/queries/runs.sql
     minirlhf config show --config configs/demo.yaml
+    minirlhf dashboard [--db artifacts/rlhf.duckdb] [--port 8501]   # http://localhost:8501/?page=runs&run=<run_id>
 
 Queries open the store read-only: a write or DDL statement is refused and changes nothing.
 """
@@ -165,6 +166,33 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
     cfg = _load(config, set_)
     console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+
+
+@app.command()
+def dashboard(
+    db: Annotated[Optional[Path], typer.Option(help="DuckDB file (default: <output_dir>/rlhf.duckdb)")] = None,
+    output_dir: Annotated[Path, typer.Option(help="output root holding rlhf.duckdb")] = Path("artifacts"),
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+    address: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: your network)")] = "localhost",
+) -> None:
+    """Serve the dashboard (Streamlit) on the results store, read-only: http://<address>:<port>/?page=runs."""
+    if not DASHBOARD_APP.is_file():
+        err_console.print(f"[red]error:[/red] {DASHBOARD_APP} is missing: the dashboard ships with the source "
+                          "checkout, install minirlhf from it with `pip install -e .`")
+        raise typer.Exit(1)
+    path = (db or output_dir / "rlhf.duckdb").resolve()
+    if not path.is_file():
+        console.print(f"[yellow]no results store at {path} yet[/yellow]: the dashboard will say so until a run "
+                      "writes one (`make demo`)")
+    console.print(f"dashboard on http://{address}:{port}/  (store: {path}; Ctrl-C stops it)")
+    command = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP), "--server.port", str(port),
+               "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    sys.stdout.flush()
+    # Become the Streamlit server (no child process): Ctrl-C and SIGTERM reach it directly, nothing is orphaned.
+    os.execve(sys.executable, command, {**os.environ, "MINIRLHF_DB": str(path)})
 
 
 def main() -> None:

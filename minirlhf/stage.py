@@ -27,7 +27,7 @@ from minirlhf.store import directory_digest, verify_manifest, write_manifest
 COMPLETE = "COMPLETE"
 RECORD = "record.json"
 # Bump a stage's version when its code changes what it writes: the cache key includes it.
-STAGE_VERSIONS = {"data": 2, "sft": 1, "reward": 1, "ppo": 1, "eval": 1}
+STAGE_VERSIONS = {"data": 2, "sft": 1, "reward": 1, "ppo": 2, "eval": 2}  # ppo 2: curve.jsonl; eval 2: detectors
 
 
 @dataclass
@@ -57,6 +57,8 @@ class MetricLogger(Protocol):
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
     def log_samples(self, rows: list[dict], step: int = 0, policy: str | None = None) -> None: ...
+    def log_failure_event(self, kind: str, message: str, *, step: int | None = None, severity: str = "warning",
+                          evidence: dict | None = None, examples: list | None = None) -> None: ...
 
 
 class NullLogger:
@@ -64,6 +66,9 @@ class NullLogger:
         pass
 
     def log_samples(self, rows: list[dict], step: int = 0, policy: str | None = None) -> None:
+        pass
+
+    def log_failure_event(self, kind: str, message: str, **kwargs) -> None:
         pass
 
 

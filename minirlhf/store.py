@@ -72,6 +72,98 @@ SCHEMA = [
 ]
 SAMPLE_COLUMNS = ("prompt_id", "intent", "prompt", "response", "proxy_reward", "gold_reward")
 
+# Views: the questions people ask most, as SQL (README "Dashboards and SQL"; dashboards/ reads them). Written into
+# the file at every writer's schema check (CREATE OR REPLACE: a file from an older minirlhf gets them at its next
+# write) and created as TEMP views on every read-only `query` connection, so a file that no writer has touched
+# since still answers them. Policies are rows, never columns: any policy the eval stage adds shows up.
+VIEWS = {
+    "v_runs": """
+        SELECT r.run_id, r.status, r.started_at, r.finished_at, epoch(r.finished_at - r.started_at) AS duration_s,
+               count(s.stage_run_id) AS stage_runs,
+               count(s.stage_run_id) FILTER (s.status = 'failed') AS failed_attempts,
+               count(s.stage_run_id) FILTER (s.cache_hit) AS cache_hits, r.git_sha, r.host, r.prefect_flow_run_id,
+               r.deployment, r.config
+        FROM runs r LEFT JOIN stage_runs s USING (run_id)
+        GROUP BY ALL""",
+    "v_stage_runs": """
+        SELECT s.run_id, s.stage, s.attempt, s.status, s.cause, s.cache_hit, s.started_at, s.finished_at,
+               epoch(s.finished_at - s.started_at) AS duration_s, s.stage_run_id, s.cache_key, s.task_run_id,
+               s.output_dir
+        FROM stage_runs s""",
+    # A stage answered from the cache logs its summary metrics again, but not its per-step metrics or samples:
+    # those stay with the stage runs that computed the output. This maps each run's stage to them (all attempts,
+    # retries included): the run's own, or those of the last run that computed the same output before it.
+    "v_stage_outputs": """
+        WITH used AS (
+            SELECT run_id, stage, coalesce(output_dir, stage_run_id) AS output, min(started_at) AS asked_at,
+                   bool_or(NOT coalesce(cache_hit, false)) AS computed
+            FROM stage_runs GROUP BY ALL),
+        sourced AS (
+            SELECT u.*, CASE WHEN u.computed THEN u.run_id ELSE (
+                       SELECT arg_max(p.run_id, p.started_at) FROM stage_runs p
+                       WHERE p.stage = u.stage AND coalesce(p.output_dir, p.stage_run_id) = u.output
+                         AND NOT coalesce(p.cache_hit, false) AND p.started_at <= u.asked_at) END AS source_run_id
+            FROM used u)
+        SELECT x.run_id, x.stage, s.stage_run_id, s.attempt, s.status, x.source_run_id <> x.run_id AS reused,
+               x.source_run_id
+        FROM sourced x JOIN stage_runs s ON s.run_id = x.source_run_id AND s.stage = x.stage
+             AND coalesce(s.output_dir, s.stage_run_id) = x.output AND NOT coalesce(s.cache_hit, false)""",
+    "v_metrics": """
+        SELECT s.run_id, s.stage, s.attempt, m.stage_run_id, m.step, m.name, m.value, m.recorded_at
+        FROM metrics m JOIN stage_runs s USING (stage_run_id)""",
+    "v_ppo_curves": """
+        SELECT o.run_id, m.stage_run_id, o.attempt, o.status AS stage_status, o.reused, m.step,
+               max(m.value) FILTER (m.name = 'ppo/proxy_reward') AS proxy_reward,
+               max(m.value) FILTER (m.name = 'ppo/gold_reward') AS gold_reward,
+               max(m.value) FILTER (m.name = 'ppo/kl') AS kl,
+               max(m.value) FILTER (m.name = 'ppo/non_score_reward') AS non_score_reward,
+               max(m.value) FILTER (m.name = 'ppo/entropy') AS entropy,
+               max(m.value) FILTER (m.name = 'policy/approxkl') AS approxkl,
+               max(m.value) FILTER (m.name = 'policy/clipfrac') AS clipfrac,
+               max(m.value) FILTER (m.name = 'value/loss') AS value_loss,
+               any_value(r.value) AS resumed_from_step
+        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
+        LEFT JOIN metrics r ON r.stage_run_id = m.stage_run_id AND r.name = 'ppo/resumed_from_step'
+        WHERE o.stage = 'ppo' AND m.name <> 'ppo/resumed_from_step'
+        GROUP BY ALL
+        HAVING proxy_reward IS NOT NULL OR kl IS NOT NULL""",
+    "v_eval_metrics": """
+        SELECT s.run_id, m.stage_run_id, split_part(m.name, '/', 2) AS policy,
+               substr(m.name, length('eval/' || split_part(m.name, '/', 2) || '/') + 1) AS metric, m.value
+        FROM metrics m JOIN stage_runs s USING (stage_run_id)
+        WHERE s.stage = 'eval' AND m.name LIKE 'eval/%/%'""",
+    "v_policy_comparison": """
+        SELECT run_id, stage_run_id, policy,
+               max(value) FILTER (metric = 'proxy_reward') AS proxy_reward,
+               max(value) FILTER (metric = 'gold_reward') AS gold_reward,
+               max(value) FILTER (metric = 'kl') AS kl,
+               max(value) FILTER (metric = 'win_rate_gold') AS win_rate_gold,
+               max(value) FILTER (metric = 'win_rate_proxy') AS win_rate_proxy,
+               max(value) FILTER (metric = 'response_length') AS response_length,
+               max(value) FILTER (metric = 'eos_rate') AS eos_rate,
+               max(value) FILTER (metric = 'distinct_1') AS distinct_1,
+               max(value) FILTER (metric = 'distinct_2') AS distinct_2,
+               max(value) FILTER (metric = 'refusal_rate_benign') AS refusal_rate_benign,
+               max(value) FILTER (metric = 'refusal_rate_harmful') AS refusal_rate_harmful
+        FROM v_eval_metrics
+        GROUP BY run_id, stage_run_id, policy""",
+    "v_rm_accuracy_by_intent": """
+        SELECT s.run_id, m.stage_run_id, substr(m.name, length('rm/accuracy/') + 1) AS intent, m.value AS accuracy
+        FROM metrics m JOIN stage_runs s USING (stage_run_id)
+        WHERE m.name LIKE 'rm/accuracy/%'""",
+    "v_samples": """
+        SELECT o.run_id, o.stage, o.attempt, o.reused, x.stage_run_id, x.step, x.policy, x.prompt_id, x.intent, x.prompt, x.response,
+               x.proxy_reward, x.gold_reward, TRY_CAST(json_extract_string(x.extra, '$.kl') AS DOUBLE) AS kl,
+               CASE WHEN trim(coalesce(x.response, '')) = '' THEN 0
+                    ELSE len(regexp_split_to_array(trim(x.response), '\\s+')) END AS response_words,
+               x.extra, x.recorded_at
+        FROM v_stage_outputs o JOIN samples x USING (stage_run_id)""",
+    "v_failure_events": """
+        SELECT o.run_id, o.stage, o.attempt, o.reused, f.stage_run_id, f.step, f.kind, f.severity, f.message, f.evidence,
+               f.examples, f.detected_at, f.event_id
+        FROM v_stage_outputs o JOIN failure_events f USING (stage_run_id)""",
+}
+
 
 class StoreLocked(RuntimeError):
     """Another process held the database file for longer than `lock_timeout_s`."""
@@ -201,6 +293,8 @@ class Store:
                                      "use the library's write API (minirlhf.store.Store) to change the store")
         con = self._connect(read_only=True)
         try:
+            for name, select in VIEWS.items():  # temp views live in memory: a read-only connection may create them
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
             result = con.execute(sql, params or [])
             return result.df() if result.description else pd.DataFrame()
         except duckdb.InvalidInputException as err:  # the read-only connection's own refusal
@@ -261,6 +355,8 @@ class Store:
                                          f"version {SCHEMA_VERSION}: upgrade minirlhf or use another output_dir")
             for ddl in SCHEMA[1:]:
                 con.execute(ddl)
+            for name, select in VIEWS.items():
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
             if found is None:
                 con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, _now()])
             con.commit()

@@ -31,6 +31,7 @@ def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
         output_dir=str(output_dir),
         learning_rate=stage_cfg.learning_rate,
         num_train_epochs=stage_cfg.num_train_epochs,
+        max_steps=getattr(stage_cfg, "max_steps", -1),  # a short run on a real model: a step budget, not epochs
         per_device_train_batch_size=stage_cfg.batch_size,
         warmup_steps=stage_cfg.warmup_ratio,
         weight_decay=stage_cfg.weight_decay,
@@ -43,6 +44,10 @@ def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        # TRL turns gradient checkpointing on by default; it also leaves `use_cache=False` in the saved config,
+        # which made later generation recompute the whole sequence per token (SmolLM2: 3 s/token on CPU).
+        # Our models fit in memory: trade none of the speed.
+        gradient_checkpointing=False,
         # GPU path: bf16 where the device supports it (TRL defaults to bf16 and refuses it on CPU).
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         use_cpu=not torch.cuda.is_available(),

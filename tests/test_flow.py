@@ -98,7 +98,7 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
         key = prefect_cache_key(r["stage"], tiny, first_run.results)
         assert r["cache_key"] == key and (tiny.output_dir / RESULTS_DIRNAME / key).is_file()
     store = Store.for_output_dir(tiny.output_dir)
-    run = store.query("select status, deployment, parameters from runs where prefect_flow_run_id = ?", [first_run.flow_run_id])
+    run = store.query("select run_id, status, deployment, parameters from runs where prefect_flow_run_id = ?", [first_run.flow_run_id])
     assert run["status"].tolist() == ["completed"] and run["deployment"].isna().all()
     for stage, result in first_run.results.items():
         assert is_complete(Path(result.output_dir)) and not result.cache_hit, stage
@@ -108,7 +108,8 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.flow_run_id])))
     by_key = {a.key: a for a in artifacts}
     assert set(by_key) == {"demo-summary", "demo-policies", "demo-dashboard"}
-    assert "8501/?db=" in by_key["demo-dashboard"].data and "rlhf.duckdb" in by_key["demo-dashboard"].data
+    run_id = run["run_id"][0]
+    assert f"8501/?page=comparison&run={run_id}" in by_key["demo-dashboard"].data
     assert "| gold_reward |" in by_key["demo-summary"].data and "| sft | no |" in by_key["demo-summary"].data
     assert [row["policy"] for row in json.loads(by_key["demo-policies"].data)] == ["sft", "ppo"]
     print(f"\nfirst flow run (tiny config): {first_run.seconds:.1f} s")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from minirlhf.config import load_config
 from minirlhf.pipeline import run_pipeline, stage_dir
-from minirlhf.ppo.trainer import PPOUnstable, checkpoint_dir_for, run_ppo
+from minirlhf.ppo.trainer import CURVE, PPOUnstable, checkpoint_dir_for, read_curve, run_ppo
 from minirlhf.store import Store
 
 pytestmark = pytest.mark.slow
@@ -102,6 +102,12 @@ def test_exact_resume_after_sigkill(foundation, tmp_path):
     assert a.keys() == b.keys() and len(a) >= 6 * len(REQUIRED) - 6
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+    # The curve the detectors read survives the kill too: restored from the checkpoint, then continued.
+    curves = [[{k: v for k, v in row.items() if not k.startswith("time/")} for row in read_curve(out / CURVE)]
+              for out in (straight_out, killed_out)]
+    assert [row["step"] for row in curves[1]] == list(range(1, 7))
+    for row_a, row_b in zip(*curves):
+        assert row_a == pytest.approx(row_b, rel=1e-6, abs=1e-7)
     wa, wb = load_file(straight_out / "model.safetensors"), load_file(killed_out / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:

@@ -39,7 +39,7 @@ from transformers import GenerationConfig
 from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import NotATaskPrompt, gold_score
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import load_policy, load_reward_model
+from minirlhf.models import add_lora, is_peft, load_policy, load_reward_model, merge_lora, resolve_device
 from minirlhf.ppo import core
 from minirlhf.reward import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
@@ -48,6 +48,7 @@ from minirlhf.store import verify_manifest, write_manifest
 log = logging.getLogger("minirlhf.ppo")
 
 TRAINER_STATE = "trainer_state.pt"
+CURVE = "curve.jsonl"  # every step's metrics, in checkpoints and in the output (the detectors read it)
 VALUE_HEAD = "value_head.safetensors"
 
 
@@ -142,7 +143,8 @@ class PPOTrainer:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
             value_params = list(self.value_head.parameters())
-        self.params = list(policy.parameters()) + value_params
+        # With LoRA only the adapters require grad: the frozen base weights stay out of the optimiser.
+        self.params = [p for p in policy.parameters() if p.requires_grad] + value_params
         lr = self.args.learning_rate * lr_scale
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, eps=1e-5)
         # Linear decay to zero over the run (Huang et al. 2024, detail on learning-rate annealing).
@@ -154,6 +156,7 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)  # which prompts each step samples
         self.generation_config = sampling_config(tokenizer, self.args.temperature, self.args.response_length)
         self.step = 0
+        self.curve: list[dict] = []  # [{'step': 1, 'ppo/kl': ...}, ...], restored on resume
         self.last_good_checkpoint: Path | None = None
         self.inject_nan_at_step: int | None = None  # testing aid: see run_ppo
 
@@ -289,6 +292,7 @@ class PPOTrainer:
             metrics["ppo/gold_reward"] = sum(gold) / len(gold)
         self.kl_ctl.update(mean_kl, self.args.batch_size)
         self.logger.log_metrics(metrics, step=self.step)
+        self.curve.append({"step": self.step, **{k: float(v) for k, v in metrics.items()}})
         if self.step % self.args.sample_every == 0 or self.step == 1:
             self.logger.log_samples(
                 [{"prompt": p, "response": r, "proxy_reward": float(s), "gold_reward": g, "intent": i}
@@ -320,6 +324,7 @@ class PPOTrainer:
             else:
                 save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, tmp / VALUE_HEAD)
             torch.save(self.state(), tmp / TRAINER_STATE)
+            write_curve(self.curve, tmp / CURVE)
             write_manifest(tmp)
             (tmp / "COMPLETE").write_text(str(self.step))
             if final.exists():
@@ -354,13 +359,19 @@ class PPOTrainer:
         return None
 
     def _load(self, ckpt: Path) -> None:
-        self.policy.load_state_dict(load_file(ckpt / "policy" / "model.safetensors"), strict=False)
+        if is_peft(self.policy):  # a LoRA policy checkpoints its adapters only (adapter_model.safetensors)
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.policy, load_file(ckpt / "policy" / "adapter_model.safetensors"))
+        else:
+            self.policy.load_state_dict(load_file(ckpt / "policy" / "model.safetensors"), strict=False)
         if self.value_model is not None:
             self.value_model.load_state_dict(load_file(ckpt / "value" / "model.safetensors"), strict=False)
         else:
             self.value_head.load_state_dict(load_file(ckpt / VALUE_HEAD))
         state = torch.load(ckpt / TRAINER_STATE, weights_only=True)  # tensors and plain containers only
         self.step = int(state["step"])
+        self.curve = read_curve(ckpt / CURVE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -390,6 +401,15 @@ def gold_or_none(prompt: str, response: str) -> float | None:
         return None
 
 
+def write_curve(curve: list[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in curve))
+
+
+def read_curve(path: Path) -> list[dict]:
+    """A PPO run's per-step metrics (a checkpoint from before curves were saved has none: empty)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def checkpoint_dir_for(out_dir: Path) -> Path:
     out_dir = Path(out_dir).resolve()
     return out_dir.parent / f"{out_dir.name}.checkpoints"
@@ -399,15 +419,20 @@ def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir
                   logger: MetricLogger | None = None, lr_scale: float = 1.0) -> PPOTrainer:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    device = resolve_device(cfg.model.device)
     tokenizer, policy = load_policy(str(sft_dir))
+    # LoRA (model.lora.enabled): the policy trains adapters only; the reference stays a separate frozen copy.
+    policy = add_lora(policy, cfg.model.lora, "CAUSAL_LM").to(device)
     _, ref_policy = load_policy(str(sft_dir))
+    ref_policy.to(device)
     rm_tokenizer, reward_model = load_reward_model(str(reward_dir))
+    reward_model.to(device)
     if cfg.ppo.value_model == "separate" and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(
             "ppo.value_model='separate' initialises the value model from the reward model, which needs the policy's "
             f"tokenizer; this reward model ({reward_dir}) has another. Set ppo.value_model=head (a value head on the policy)."
         )
-    value_model = load_reward_model(str(reward_dir))[1] if cfg.ppo.value_model == "separate" else None
+    value_model = load_reward_model(str(reward_dir))[1].to(device) if cfg.ppo.value_model == "separate" else None
     prompts = read_jsonl(Path(data_dir) / "rl_prompts.jsonl")
     return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts, checkpoint_dir, logger, lr_scale)
 
@@ -424,9 +449,10 @@ def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path
     metrics = trainer.train()
     result = StageResult("ppo", "", "", metrics={k: float(v) for k, v in metrics.items()}, step=trainer.step)
     with stage_output(out_dir, result) as tmp:
-        trainer.policy.save_pretrained(tmp)
+        merge_lora(trainer.policy).save_pretrained(tmp)  # LoRA adapters folded in: a plain checkpoint
         trainer.tokenizer.save_pretrained(tmp)
         result.seconds = time.perf_counter() - started
         result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
         (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+        write_curve(trainer.curve, tmp / CURVE)
     return result

@@ -1,0 +1,247 @@
+"""The minirlhf dashboard: runs, PPO curves, reward-model diagnostics, policy comparison, samples, failure events.
+
+Usage:
+    minirlhf dashboard [--db artifacts/rlhf.duckdb] [--port 8501]       # what you normally run
+    MINIRLHF_DB=artifacts/rlhf.duckdb streamlit run dashboards/app.py   # the same, by hand
+
+Links: http://localhost:8501/?page=<page>&run=<run_id>, page one of runs, curves, reward, comparison, samples,
+failures (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/, also runnable
+as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_* views (minirlhf/store.py).
+
+The store is opened read-only, one short-lived connection per query, so a pipeline can keep writing. While a writer
+holds DuckDB's lock the store retries with backoff for MINIRLHF_DASHBOARD_LOCK_TIMEOUT_S seconds (default 10), then
+the page says the store is busy instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from minirlhf.store import Store, StoreLocked
+
+QUERIES = Path(__file__).resolve().parent / "queries"
+DEFAULT_DB = "artifacts/rlhf.duckdb"
+PAGES = {"runs": "Runs", "curves": "Training curves", "reward": "Reward model", "comparison": "Policy comparison",
+         "samples": "Samples", "failures": "Failure events"}
+
+
+# ---- reading the store -----------------------------------------------------------------------------------
+def db_path() -> Path:
+    return Path(os.environ.get("MINIRLHF_DB", DEFAULT_DB))
+
+
+def load(view: str) -> pd.DataFrame:
+    """The rows of dashboards/queries/<view>.sql. A busy or missing store stops the page with a message."""
+    store = Store(db_path(), lock_timeout_s=float(os.environ.get("MINIRLHF_DASHBOARD_LOCK_TIMEOUT_S", "10")))
+    try:
+        return store.query((QUERIES / f"{view}.sql").read_text())
+    except StoreLocked:
+        st.warning(f"The results store {store.path} is busy: another process (a pipeline run, a DuckDB shell) holds "
+                   f"its write lock, and it stayed locked for {store.lock_timeout_s:g} s. Reload the page when the "
+                   "writer is done; a running pipeline releases the lock between writes.")
+        st.button("Retry")
+        st.stop()
+    except FileNotFoundError:
+        st.info(f"No results store at {store.path}: run the pipeline first (`make demo` or `minirlhf run`), "
+                "or point the dashboard at one with `minirlhf dashboard --db PATH`.")
+        st.stop()
+
+
+def pick_run(runs: pd.Series, label: str = "Run", key: str = "run") -> str:
+    """A run selector, newest first; `?run=<id>` in the URL preselects one."""
+    choices = list(dict.fromkeys(runs))
+    wanted = st.query_params.get("run")
+    index = choices.index(wanted) if wanted in choices else 0
+    return st.sidebar.selectbox(label, choices, index=index, key=key)
+
+
+def newest_first(frame: pd.DataFrame) -> pd.Series:
+    """Run ids of `frame`, ordered as the runs page orders them (newest first)."""
+    order = {run_id: i for i, run_id in enumerate(load("runs")["run_id"])}
+    return pd.Series(sorted(frame["run_id"].unique(), key=lambda r: order.get(r, len(order))))
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"ppo": {"kl_coef": 0.05}} -> {"ppo.kl_coef": 0.05}: the keys `--set` takes."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(a: dict, b: dict) -> pd.DataFrame:
+    flat_a, flat_b = flatten(a), flatten(b)
+    keys = sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
+    return pd.DataFrame({"field": keys, "run A": [json.dumps(flat_a.get(k)) for k in keys],
+                         "run B": [json.dumps(flat_b.get(k)) for k in keys]})
+
+
+# ---- pages ---------------------------------------------------------------------------------------------
+def page_runs() -> None:
+    runs = load("runs")
+    if runs.empty:
+        st.info("The store holds no runs yet.")
+        return
+    st.dataframe(runs, hide_index=True)
+    run_id = pick_run(runs["run_id"])
+    stages = load("stage_runs")
+    st.subheader(f"Stages of run {run_id}")
+    st.dataframe(stages[stages["run_id"] == run_id].drop(columns="run_id"), hide_index=True)
+
+    st.subheader("Config differences")
+    configs = load("run_configs").set_index("run_id")["config"]
+    if len(configs) < 2:
+        st.caption("Only one run: nothing to compare yet.")
+        return
+    left, right = st.columns(2)
+    run_a = left.selectbox("Run A", list(configs.index), index=0, key="config_a")
+    run_b = right.selectbox("Run B", list(configs.index), index=1, key="config_b")
+    diff = config_differences(json.loads(configs[run_a]), json.loads(configs[run_b]))
+    if diff.empty:
+        st.success("Same config.")
+    else:
+        st.table(diff)
+
+
+def curve_chart(curves: pd.DataFrame, column: str, title: str) -> alt.LayerChart:
+    """One metric per step, a line per attempt; dashed rules where a retried attempt resumed."""
+    lines = alt.Chart(curves).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="PPO step", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y(f"{column}:Q", title=title),
+        color=alt.Color("attempt:N", title="attempt"), tooltip=["attempt", "step", column])
+    resumes = curves[curves["resumed_from_step"] > 0][["attempt", "resumed_from_step"]].drop_duplicates()
+    rules = alt.Chart(resumes).mark_rule(strokeDash=[4, 4]).encode(
+        x="resumed_from_step:Q", color=alt.Color("attempt:N"), tooltip=["attempt", "resumed_from_step"])
+    return (lines + rules).properties(height=220)
+
+
+def page_curves() -> None:
+    curves = load("ppo_curves")
+    if curves.empty:
+        st.info("No PPO steps recorded yet.")
+        return
+    run_id = pick_run(newest_first(curves))
+    curves = curves[curves["run_id"] == run_id]
+    attempts = curves.groupby("attempt").agg(status=("stage_status", "first"), resumed_from_step=(
+        "resumed_from_step", "first"), steps=("step", "count"), last_step=("step", "max"),
+        reused=("reused", "first")).reset_index()
+    st.caption("Each PPO attempt is a line; a retry resumes from its last good checkpoint (dashed rule). "
+               "reused: this run took the PPO output from the cache, and these are the curves of the run that "
+               "computed it.")
+    st.dataframe(attempts, hide_index=True)
+    for column, title in (("proxy_reward", "Proxy reward (reward model)"), ("gold_reward", "Gold reward"),
+                          ("kl", "KL to the reference policy")):
+        if curves[column].notna().any():
+            st.altair_chart(curve_chart(curves, column, title))
+
+
+def page_reward() -> None:
+    by_intent = load("rm_accuracy_by_intent")
+    if by_intent.empty:
+        st.info("No reward-model evaluation recorded yet.")
+        return
+    run_id = pick_run(newest_first(by_intent))
+    st.subheader("Held-out accuracy per intent")
+    st.altair_chart(alt.Chart(by_intent[by_intent["run_id"] == run_id]).mark_bar().encode(
+        x=alt.X("intent:N"), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), tooltip=["intent", "accuracy"]))
+    summary = load("rm_diagnostics")
+    st.dataframe(summary[summary["run_id"] == run_id].drop(columns="run_id"), hide_index=True)
+    st.subheader("Score against length (evaluation samples)")
+    scores = load("rm_score_vs_length")
+    scores = scores[scores["run_id"] == run_id]
+    if scores.empty:
+        st.caption("No evaluation samples for this run.")
+        return
+    st.altair_chart(alt.Chart(scores).mark_circle(opacity=0.6).encode(
+        x=alt.X("response_words:Q", title="response length (words)"), y=alt.Y("proxy_reward:Q", title="RM score"),
+        color="policy:N", tooltip=["policy", "intent", "response_words", "proxy_reward", "gold_reward"]))
+
+
+def page_comparison() -> None:
+    table = load("policy_comparison")
+    if table.empty:
+        st.info("No evaluation recorded yet.")
+        return
+    run_id = pick_run(newest_first(table))
+    table = table[table["run_id"] == run_id].drop(columns="run_id").dropna(axis="columns", how="all")
+    st.caption("Every policy answered the same prompts; SFT is the baseline for KL and win rates.")
+    st.table(table.set_index("policy"))
+    rewards = table.melt(id_vars="policy", value_vars=[c for c in ("proxy_reward", "gold_reward") if c in table],
+                         var_name="reward", value_name="mean")
+    st.altair_chart(alt.Chart(rewards).mark_bar().encode(
+        x=alt.X("reward:N", title=None, axis=alt.Axis(labelAngle=0)), xOffset="policy:N",
+        y=alt.Y("mean:Q", title="mean reward"),
+        color="policy:N", tooltip=["policy", "reward", "mean"]).properties(height=300))
+
+
+def page_samples() -> None:
+    samples = load("samples")
+    if samples.empty:
+        st.info("No evaluation samples recorded yet.")
+        return
+    run_id = pick_run(newest_first(samples))
+    samples = samples[samples["run_id"] == run_id]
+    intents = ["all"] + sorted(samples["intent"].dropna().unique())
+    intent = st.sidebar.selectbox("Intent", intents, key="intent")
+    if intent != "all":
+        samples = samples[samples["intent"] == intent]
+    samples = samples.assign(prompt_key=samples["prompt_id"].fillna(samples["prompt"]))  # one prompt may repeat
+    texts = dict(zip(samples["prompt_key"], samples["prompt"]))
+    prompt_key = st.selectbox("Prompt", list(texts), format_func=lambda k: texts[k].strip()[:120], key="prompt")
+    st.code(texts[prompt_key].strip(), language=None)
+    answers = samples[samples["prompt_key"] == prompt_key]
+    for column, (_, answer) in zip(st.columns(len(answers)), answers.iterrows()):
+        column.markdown(f"**{answer['policy']}**")
+        column.text(answer["response"].strip() or "(empty response)")
+        column.caption(f"proxy {answer['proxy_reward']:+.3f} · gold {answer['gold_reward']:+.3f}"
+                       + (f" · KL {answer['kl']:+.3f}" if pd.notna(answer["kl"]) else ""))
+
+
+def page_failures() -> None:
+    events = load("failure_events")
+    if events.empty:
+        st.success("No failure events recorded: the detectors found nothing (or have not run on these runs).")
+        return
+    run_id = pick_run(newest_first(events))
+    events = events[events["run_id"] == run_id].reset_index(drop=True)
+    st.dataframe(events[["stage", "attempt", "step", "severity", "kind", "message"]], hide_index=True)
+    chosen = st.selectbox("Event", events.index, format_func=lambda i: f"{events.at[i, 'kind']}: "
+                          f"{events.at[i, 'message'][:100]}", key="event")
+    event = events.loc[chosen]
+    st.markdown(f"**{event['severity']} · {event['kind']}** (stage {event['stage']}, step {event['step']})")
+    st.write(event["message"])
+    if event["evidence"]:
+        st.subheader("Evidence")
+        st.json(json.loads(event["evidence"]))
+    examples = json.loads(event["examples"]) if event["examples"] else []
+    if examples:
+        st.subheader("Examples")
+        st.dataframe(pd.DataFrame([e if isinstance(e, dict) else {"example": e} for e in examples]), hide_index=True)
+
+
+RENDER = {"runs": page_runs, "curves": page_curves, "reward": page_reward, "comparison": page_comparison,
+          "samples": page_samples, "failures": page_failures}
+
+
+def main() -> None:
+    st.set_page_config(page_title="minirlhf", layout="wide")
+    wanted = st.query_params.get("page", "runs")
+    keys = list(PAGES)
+    page = st.sidebar.radio("Page", keys, index=keys.index(wanted) if wanted in keys else 0,
+                            format_func=PAGES.get, key="page")
+    st.title(PAGES[page])
+    st.sidebar.caption(f"store: {db_path()}")
+    RENDER[page]()
+
+
+if __name__ == "__main__":  # `streamlit run` executes the file as __main__; tests import the helpers above
+    main()
