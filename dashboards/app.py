@@ -1,11 +1,12 @@
-"""The minirlhf dashboard: runs, PPO curves, reward-model diagnostics, policy comparison, samples, failure events.
+"""The minirlhf dashboard: runs, PPO curves, reward-model diagnostics, policy comparison, samples, failure events,
+the over-optimisation sweep.
 
 Usage:
     minirlhf dashboard [--db artifacts/rlhf.duckdb] [--port 8501]       # what you normally run
     MINIRLHF_DB=artifacts/rlhf.duckdb streamlit run dashboards/app.py   # the same, by hand
 
 Links: http://localhost:8501/?page=<page>&run=<run_id>, page one of runs, curves, reward, comparison, samples,
-failures (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/, also runnable
+failures, sweep (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/, also runnable
 as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_* views (minirlhf/store.py).
 
 The store is opened read-only, one short-lived connection per query, so a pipeline can keep writing. While a writer
@@ -16,6 +17,7 @@ the page says the store is busy instead of showing a traceback.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from minirlhf.store import Store, StoreLocked
 QUERIES = Path(__file__).resolve().parent / "queries"
 DEFAULT_DB = "artifacts/rlhf.duckdb"
 PAGES = {"runs": "Runs", "curves": "Training curves", "reward": "Reward model", "comparison": "Policy comparison",
-         "samples": "Samples", "failures": "Failure events"}
+         "samples": "Samples", "failures": "Failure events", "sweep": "Over-optimisation sweep"}
 
 
 # ---- reading the store -----------------------------------------------------------------------------------
@@ -228,8 +230,37 @@ def page_failures() -> None:
         st.dataframe(pd.DataFrame([e if isinstance(e, dict) else {"example": e} for e in examples]), hide_index=True)
 
 
+def page_sweep() -> None:
+    points = load("sweep_points")
+    if points.empty:
+        st.info("No over-optimisation sweep recorded yet: run `minirlhf sweep` (PPO at several kl_coef values).")
+        return
+    run_id = pick_run(newest_first(points), label="Sweep run")
+    points = points[points["run_id"] == run_id]
+    fits = load("sweep_fits")
+    fits = fits[fits["run_id"] == run_id]
+    st.caption("Each point is one PPO run (its kl_coef), evaluated against SFT on the same prompts. Lines: the fit "
+               "R(d) = d (alpha - beta log d) of Gao et al. (2022). Gold falling while proxy rises is over-optimisation.")
+    gains = points.melt(id_vars=["kl_coef", "d"], value_vars=[c for c in ("gold_gain", "proxy_gain") if points[c].notna().any()],
+                        var_name="reward", value_name="gain").dropna()
+    gains["reward"] = gains["reward"].str.replace("_gain", "")
+    grid = [points["d"].max() * 1.15 * (i + 1) / 100 for i in range(100)]
+    curves = pd.DataFrame([{"reward": f["reward"], "d": d, "gain": d * (f["alpha"] - f["beta"] * math.log(d))}
+                           for _, f in fits.iterrows() for d in grid])
+    dots = alt.Chart(gains).mark_point(filled=True, size=80).encode(
+        x=alt.X("d:Q", title="d = sqrt(KL to SFT)"), y=alt.Y("gain:Q", title="reward gained over SFT"),
+        color="reward:N", tooltip=["reward", "kl_coef", "d", "gain"])
+    layers = [dots] + ([alt.Chart(curves).mark_line(opacity=0.7).encode(x="d:Q", y="gain:Q", color="reward:N")]
+                       if not curves.empty else [])
+    st.altair_chart(alt.layer(*layers).properties(height=360), use_container_width=True)
+    st.subheader("Fits")
+    st.table(fits.drop(columns="run_id").set_index("reward"))
+    st.subheader("Points")
+    st.dataframe(points.drop(columns=["run_id", "started_at"]), hide_index=True)
+
+
 RENDER = {"runs": page_runs, "curves": page_curves, "reward": page_reward, "comparison": page_comparison,
-          "samples": page_samples, "failures": page_failures}
+          "samples": page_samples, "failures": page_failures, "sweep": page_sweep}
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""The `minirlhf` command: the library's commands (minirlhf/cli.py) plus the two that need Prefect.
+"""The `minirlhf` command: the library's commands (minirlhf/cli.py) plus those that need Prefect.
 
 Usage:
     minirlhf flow [--config configs/demo.yaml] [--set ppo.kl_coef=0.1]   # the pipeline as a Prefect flow
+    minirlhf sweep [--config ...] [--kl-coefs 0.5,0.2,0.1,0.05]           # the over-optimisation sweep flow
     minirlhf serve [--config ...] [--cron "0 3 * * *"]                   # a deployment served by this process
     minirlhf run | query | report | ...                                    # see `minirlhf --help`
 
@@ -44,6 +45,36 @@ def flow(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         how = "Cached (reused)" if result.cache_hit else f"{result.seconds:.1f} s"
         console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.output_dir}")
     print_results(cfg, results, time.perf_counter() - started)
+
+
+@app.command()
+def sweep(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    kl_coefs: Annotated[str, typer.Option(help="comma-separated ppo.kl_coef values, one PPO run each")] = "0.5,0.2,0.1,0.05,0.02,0.01",
+) -> None:
+    """The over-optimisation sweep (Prefect flow `overoptimization-sweep`): PPO at several KL coefficients on the
+    same cached SFT and reward model; gold and proxy reward against d = sqrt(KL), fitted as in Gao et al. 2022."""
+    from flows.sweep import overoptimization_sweep
+
+    try:
+        coefs = [float(c) for c in kl_coefs.split(",") if c.strip()]
+    except ValueError:
+        err_console.print(f"[red]--kl-coefs must be numbers separated by commas, e.g. 0.2,0.05 (got {kl_coefs!r})[/red]")
+        raise typer.Exit(2) from None
+    if len(set(coefs)) < 2 or any(c < 0 for c in coefs):
+        err_console.print(f"[red]--kl-coefs needs at least two different non-negative values (got {kl_coefs!r})[/red]")
+        raise typer.Exit(2)
+    cfg = _load(config, set_)
+    started = time.perf_counter()
+    state = overoptimization_sweep(cfg, kl_coefs=coefs, return_state=True)
+    if not state.is_completed():
+        err_console.print(f"[red]sweep flow run {state.state_details.flow_run_id} ended {state.name}:[/red] {state.message}")
+        raise typer.Exit(1)
+    result = state.result()
+    for name, value in sorted(result.metrics.items()):
+        console.print(f"{name} = {value:.4g}")
+    console.print(f"[bold green]✓ sweep[/bold green] {time.perf_counter() - started:.1f} s → {result.output_dir}/overoptimization.png")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The RLHF pipeline as a Prefect flow: data -> sft -> reward -> ppo -> eval, each stage a cached task.
+"""The RLHF pipeline as a Prefect flow: data -> sft -> reward -> ppo, dpo, rloo -> eval, each stage a cached task.
 
 Usage:
     python -m flows.pipeline configs/demo.yaml --set ppo.kl_coef=0.1      # one run, ephemeral Prefect
@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
-from minirlhf.pipeline import STAGES, upstream_of
+from minirlhf.pipeline import enabled_stages, upstream_of
+from minirlhf.report import build_report
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from prefect import flow
@@ -45,7 +46,7 @@ def rlhf_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, StageR
                              deployment=deployment.name, parameters={"config": config.model_dump(mode="json")})
     results: dict[str, StageResult] = {}
     try:
-        for name in STAGES:
+        for name in enabled_stages(config):  # a baseline switched off (dpo.enabled: false) is not run
             upstream = {u: results[u] for u in upstream_of(config, name)}
             results[name] = run_stage_task(STAGE_TASKS[name], config, upstream, run_id)
     except BaseException:
@@ -97,6 +98,11 @@ def publish_summary(config: PipelineConfig, results: dict[str, StageResult], run
     if "eval" in results:
         create_table_artifact(policy_comparison(results["eval"].metrics), key=f"{slug}-policies",
                               description="SFT vs RLHF policies on held-out prompts (eval/<policy>/<metric>)")
+        # The full report (minirlhf report), written to <output_dir>/report and shown in the UI; its figures are
+        # PNG files beside report.md (the UI shows the text and tables, the file has the pictures).
+        report_dir = Path(config.output_dir) / "report"
+        create_markdown_artifact(build_report(db, report_dir, run_id=run_id).read_text(), key=f"{slug}-report",
+                                 description=f"RLHF report of run {run_id[:8]}; figures in {report_dir.resolve()}")
 
 
 def dashboard_link(run_id: str, page: str = "comparison") -> str:

@@ -6,6 +6,7 @@ Usage:
     minirlhf query "select name, value from metrics where name like 'rm/%'" [--format table|csv|json]
     minirlhf query --file dashboards/queries/runs.sql
     minirlhf config show --config configs/demo.yaml
+    minirlhf report [--output-dir artifacts] [--run <run_id>] [--sweep-run <run_id>]   # artifacts/report/report.md
     minirlhf dashboard [--db artifacts/rlhf.duckdb] [--port 8501]   # http://localhost:8501/?page=runs&run=<run_id>
 
 Queries open the store read-only: a write or DDL statement is refused and changes nothing.
@@ -54,7 +55,8 @@ def _load(config: Path | None, overrides: list[str] | None):
 def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    stages: Annotated[str, typer.Option(help="comma-separated stages (upstream ones run or are reused)")] = "data,sft,reward,ppo,eval",
+    stages: Annotated[Optional[str], typer.Option(help="comma-separated stages, upstream ones run or reused (default: every "
+                                                  "enabled stage: data,sft,reward,ppo,dpo,rloo,eval)")] = None,
 ) -> None:
     """Run the pipeline stages on a config, skipping stages whose output is already complete."""
     import time
@@ -70,7 +72,8 @@ def run(
         console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.output_dir}")
 
     try:
-        results = run_pipeline(cfg, tuple(s.strip() for s in stages.split(",") if s.strip()), on_stage=report)
+        asked = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None
+        results = run_pipeline(cfg, asked, on_stage=report)
     except (FileNotFoundError, ValueError) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
@@ -157,6 +160,28 @@ def query(
         for row in frame.itertuples(index=False):
             table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
         console.print(table)
+
+
+@app.command()
+def report(
+    output_dir: Annotated[Path, typer.Option(help="output root holding rlhf.duckdb")] = Path("artifacts"),
+    db: Annotated[Optional[Path], typer.Option(help="DuckDB file (default: <output_dir>/rlhf.duckdb)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="report folder (default: <output_dir>/report)")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run", help="run to report (default: the newest evaluated run)")] = None,
+    sweep_run: Annotated[Optional[str], typer.Option(help="sweep run to show (default: the newest sweep)")] = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="prompts shown side by side")] = 6,
+) -> None:
+    """Write a markdown report with figures (report.md, figures/*.png) from the results store, read-only."""
+    from minirlhf.report import ReportError, build_report
+    from minirlhf.store import StoreLocked
+
+    try:
+        path = build_report(db or output_dir / "rlhf.duckdb", out or output_dir / "report", run_id=run_id,
+                            sweep_run_id=sweep_run, n_samples=samples)
+    except (ReportError, StoreLocked) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    typer.echo(str(path))  # plain: scripts read it
 
 
 @config_app.command("show")

@@ -4,6 +4,7 @@ Usage:
     from minirlhf.config import load_config
     from minirlhf.pipeline import run_pipeline
     results = run_pipeline(load_config("configs/demo.yaml"))   # {"data": StageResult, "sft": ..., "reward": ...}
+    enabled_stages(cfg)   # STAGES less the baselines switched off (`dpo.enabled: false`, `rloo.enabled: false`)
 
 This is what `minirlhf run` calls. The Prefect flow (flows/) wires the same stage functions as cached,
 retried tasks; both find a stage's output at `<output_dir>/<stage>/<key>` and trust the files, not a cache.
@@ -12,6 +13,7 @@ Every run, stage, metric and artifact is recorded in the DuckDB store at `<outpu
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -28,7 +30,8 @@ from minirlhf.store import Store
 log = logging.getLogger("minirlhf")
 
 ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation"}
-STAGES = ("data", "sft", "reward", "ppo", "eval")
+STAGES = ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
+POLICY_STAGES = ("ppo", "dpo", "rloo")  # what the eval stage compares with SFT, when enabled
 
 
 class StoreLogger:
@@ -81,10 +84,23 @@ def _run_ppo(cfg, up, out, logger):
     return run_ppo(cfg, up["data"], up["sft"], up["reward"], out, logger)
 
 
+def _run_dpo(cfg, up, out, logger):
+    from minirlhf.dpo import run_dpo
+
+    return run_dpo(cfg, up["data"], up["sft"], out, logger)
+
+
+def _run_rloo(cfg, up, out, logger):
+    from minirlhf.rloo import run_rloo
+
+    return run_rloo(cfg, up["data"], up["sft"], up["reward"], out, logger)
+
+
 def _run_eval(cfg, up, out, logger):
     from minirlhf.evaluate import run_eval
 
-    return run_eval(cfg, up["data"], up["reward"], {"sft": up["sft"], "ppo": up["ppo"]}, out, logger)
+    policies = {"sft": up["sft"], **{name: up[name] for name in POLICY_STAGES if name in up}}
+    return run_eval(cfg, up["data"], up["reward"], policies, out, logger)
 
 
 PLANS = {
@@ -93,20 +109,47 @@ PLANS = {
     "sft": StagePlan("sft", ("model", "sft"), ("data",), _run_sft),
     "reward": StagePlan("reward", ("model", "reward"), ("data", "sft"), _run_reward),
     "ppo": StagePlan("ppo", ("model", "ppo"), ("data", "sft", "reward"), _run_ppo),
-    "eval": StagePlan("eval", ("model", "eval", "detect"), ("data", "sft", "reward", "ppo"), _run_eval),
+    "dpo": StagePlan("dpo", ("model", "dpo"), ("data", "sft"), _run_dpo),
+    "rloo": StagePlan("rloo", ("model", "rloo"), ("data", "sft", "reward"), _run_rloo),
+    # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
+    "eval": StagePlan("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), _run_eval),
 }
 
 
+def is_enabled(cfg: PipelineConfig, name: str) -> bool:
+    """A stage whose config section says `enabled: false` (the DPO and RLOO baselines) is not run."""
+    return getattr(getattr(cfg, name, None), "enabled", True)
+
+
+def enabled_stages(cfg: PipelineConfig) -> tuple[str, ...]:
+    return tuple(name for name in STAGES if is_enabled(cfg, name))
+
+
 def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
-    """A stage's inputs under this config: a reward model on another backbone does not need the SFT model."""
+    """A stage's inputs under this config: a reward model on another backbone does not need the SFT model;
+    the eval stage does not wait for (or compare) a disabled baseline."""
     if name == "reward" and cfg.model.reward_backbone != "sft":
         return ("data",)
-    return PLANS[name].upstream
+    return tuple(u for u in PLANS[name].upstream if is_enabled(cfg, u))
+
+
+# Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
+# another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).
+KEYED_ONLY_BY = {("model", "reward_backbone"): "reward"}
+
+
+def stage_config_json(cfg: PipelineConfig, name: str) -> str:
+    """The part of the config a stage's output depends on: its sections (less fields only another stage reads), seed."""
+    dumped = cfg.model_dump(mode="json")
+    tree = {section: dumped[section] for section in PLANS[name].sections}
+    for (section, field), owner in KEYED_ONLY_BY.items():
+        if owner != name and section in tree:
+            del tree[section][field]
+    return json.dumps(tree, sort_keys=True) + f'{{"seed": {cfg.seed}}}'
 
 
 def stage_dir(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult]) -> tuple[str, Path]:
-    plan = PLANS[name]
-    config_json = cfg.section_json(*plan.sections) + f'{{"seed": {cfg.seed}}}'
+    config_json = stage_config_json(cfg, name)
     key = stage_key(name, config_json, [upstream[u].sha256 for u in upstream_of(cfg, name)])
     return key, Path(cfg.output_dir) / name / key
 
@@ -165,6 +208,10 @@ def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...]) -> list[str]:
     unknown = set(stages) - set(PLANS)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    disabled = [name for name in stages if not is_enabled(cfg, name)]
+    if disabled:
+        raise ValueError(f"stage(s) {disabled} are disabled in this config; leave them out of the stages asked for, "
+                         f"or enable them (--set {disabled[0]}.enabled=true)")
     needed = set(stages)
     for name in reversed(STAGES):
         if name in needed:
@@ -172,8 +219,10 @@ def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...]) -> list[str]:
     return [n for n in STAGES if n in needed]
 
 
-def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, store: Store | None = None,
+def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] | None = None, store: Store | None = None,
                  on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, StageResult]:
+    """Run `stages` (default: every enabled stage) and what they need, reusing complete outputs."""
+    stages = enabled_stages(cfg) if stages is None else stages
     store = store or Store.for_output_dir(cfg.output_dir)
     run_id = store.start_run(cfg.model_dump(mode="json"))
     results: dict[str, StageResult] = {}

@@ -37,9 +37,9 @@ from trl import RewardConfig, RewardTrainer
 from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import FILLER
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import count_parameters, load_reward_model, lora_config, merge_lora
+from minirlhf.models import load_reward_model, lora_config
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from minirlhf.training import LogToStore, trainer_common_args
+from minirlhf.training import LogToStore, train_and_save, trainer_common_args
 
 
 @torch.no_grad()
@@ -162,11 +162,7 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
             # LoRA: adapters plus a fully trained score head (peft's SEQ_CLS keeps 'score'/'classifier' trainable)
             peft_config=lora_config(cfg.model.lora, "SEQ_CLS"),
         )
-        trainable = count_parameters(trainer.model, trainable_only=True)
-        output = trainer.train()
-        model = merge_lora(trainer.model)  # a plain sequence classifier again: PPO and eval load it as usual
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        output, trainable, model = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
         metrics, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
         # Score statistics on the training responses: PPO can normalise rewards with them.
         scored = train[: cfg.reward.score_stats_max_pairs]  # None: all of them

@@ -23,9 +23,9 @@ from trl import SFTConfig, SFTTrainer
 
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import build_tiny, count_parameters, load_policy, lora_config, merge_lora
+from minirlhf.models import build_tiny, load_policy, lora_config
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from minirlhf.training import LogToStore, trainer_common_args
+from minirlhf.training import LogToStore, train_and_save, trainer_common_args
 
 
 def corpus(data_dir: Path) -> list[str]:
@@ -65,11 +65,7 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
             callbacks=[LogToStore("sft/{}", logger, result.history)],
             peft_config=lora_config(cfg.model.lora, "CAUSAL_LM"),  # None: full fine-tuning
         )
-        trainable = count_parameters(trainer.model, trainable_only=True)
-        output = trainer.train()
-        model = merge_lora(trainer.model)  # LoRA: fold the adapters in, so the output is a plain checkpoint
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        output, trainable, model = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
         losses = [h["sft/loss"] for h in result.history if "sft/loss" in h]
         result.metrics = {
             "sft/loss": losses[-1] if losses else float(output.training_loss),

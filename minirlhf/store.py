@@ -158,6 +158,31 @@ VIEWS = {
                     ELSE len(regexp_split_to_array(trim(x.response), '\\s+')) END AS response_words,
                x.extra, x.recorded_at
         FROM v_stage_outputs o JOIN samples x USING (stage_run_id)""",
+    # The over-optimisation sweep (flows/sweep.py, minirlhf/sweep.py): one stage_run of stage 'sweep' per sweep,
+    # one point per PPO run (metric step = point index), the fit of Gao et al. 2022's R(d) = d(alpha - beta log d)
+    # at step 0 under sweep/fit/*.
+    "v_sweep_points": """
+        SELECT s.run_id, m.stage_run_id, m.step AS point,
+               max(m.value) FILTER (m.name = 'sweep/kl_coef') AS kl_coef,
+               max(m.value) FILTER (m.name = 'sweep/kl') AS kl,
+               max(m.value) FILTER (m.name = 'sweep/d') AS d,
+               max(m.value) FILTER (m.name = 'sweep/gold_reward') AS gold_reward,
+               max(m.value) FILTER (m.name = 'sweep/proxy_reward') AS proxy_reward,
+               max(m.value) FILTER (m.name = 'sweep/gold_gain') AS gold_gain,
+               max(m.value) FILTER (m.name = 'sweep/proxy_gain') AS proxy_gain
+        FROM metrics m JOIN stage_runs s USING (stage_run_id)
+        WHERE s.stage = 'sweep' AND m.name IN ('sweep/kl_coef', 'sweep/kl', 'sweep/d', 'sweep/gold_reward',
+                                               'sweep/proxy_reward', 'sweep/gold_gain', 'sweep/proxy_gain')
+        GROUP BY ALL""",
+    "v_sweep_fits": """
+        SELECT s.run_id, m.stage_run_id, split_part(m.name, '/', 3) AS reward,
+               max(m.value) FILTER (m.name LIKE '%/alpha') AS alpha,
+               max(m.value) FILTER (m.name LIKE '%/beta') AS beta,
+               max(m.value) FILTER (m.name LIKE '%/r2') AS r2,
+               max(m.value) FILTER (m.name LIKE '%/d_star') AS d_star
+        FROM metrics m JOIN stage_runs s USING (stage_run_id)
+        WHERE s.stage = 'sweep' AND m.name LIKE 'sweep/fit/%/%'
+        GROUP BY ALL""",
     "v_failure_events": """
         SELECT o.run_id, o.stage, o.attempt, o.reused, f.stage_run_id, f.step, f.kind, f.severity, f.message, f.evidence,
                f.examples, f.detected_at, f.event_id

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from minirlhf.models import count_parameters, merge_lora
 from minirlhf.stage import MetricLogger
 
 
@@ -52,3 +53,14 @@ def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+def train_and_save(trainer, tokenizer, out_dir: Path):
+    """Train, fold any LoRA adapters into the weights, save model and tokenizer to `out_dir`: every TRL stage's
+    output is a plain checkpoint the next stage loads as usual. Returns (TrainOutput, trainable params, model)."""
+    trainable = count_parameters(trainer.model, trainable_only=True)
+    output = trainer.train()
+    model = merge_lora(trainer.model)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return output, trainable, model

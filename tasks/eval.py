@@ -1,4 +1,4 @@
-"""The evaluation stage as a Prefect task: SFT vs PPO on held-out prompts (proxy, gold, KL, win rates).
+"""The evaluation stage as a Prefect task: SFT vs PPO (and the enabled DPO/RLOO baselines) on held-out prompts (proxy, gold, KL, win rates).
 
 Usage (inside a flow; see tasks/common.py for the cache key and why to go through run_stage_task):
     result = run_stage_task(eval_task, cfg, upstream, run_id)

@@ -66,3 +66,19 @@ def test_section_json_is_canonical():
     b = load_config(None, ["sft.learning_rate=0.01"]).section_json("sft")
     c = load_config(None, ["sft.learning_rate=0.02"]).section_json("sft")
     assert a == b != c
+
+
+def test_stage_keys_hold_only_the_config_each_stage_reads():
+    """Another reward backbone retrains the reward model and what depends on it, never SFT; a PPO setting
+    changes no earlier stage's key."""
+    from minirlhf.config import load_config
+    from minirlhf.pipeline import stage_config_json
+
+    base = load_config(None)
+    minilm = load_config(None, ["model.reward_backbone=minilm"])
+    ppo = load_config(None, ["ppo.kl_coef=0.05"])
+    for stage in ("data", "sft", "ppo", "dpo", "rloo", "eval"):
+        assert stage_config_json(minilm, stage) == stage_config_json(base, stage), stage
+    assert stage_config_json(minilm, "reward") != stage_config_json(base, "reward")
+    assert stage_config_json(ppo, "ppo") != stage_config_json(base, "ppo")
+    assert all(stage_config_json(ppo, s) == stage_config_json(base, s) for s in ("data", "sft", "reward", "dpo", "rloo"))

@@ -25,7 +25,7 @@ from tests.test_ppo import TINY
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboards" / "app.py"
 QUERIES = sorted((REPO / "dashboards" / "queries").glob("*.sql"))
-PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures")
+PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures", "sweep")
 NAN_AT_STEP = 5  # TINY checkpoints every 3 steps: the retry resumes from step 3
 _BUILT: dict[str, Path] = {}
 
@@ -40,7 +40,8 @@ def build_dashboard_store(root: Path) -> Path:
         return lambda cfg, inputs, out, logger: run_ppo(cfg, inputs["data"], inputs["sft"], inputs["reward"], out,
                                                         logger, **kw)
 
-    cfg = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8"])
+    # SFT and PPO only: the stages are run one by one here, and the pages are tested on those two policies.
+    cfg = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "dpo.enabled=false", "rloo.enabled=false"])
     store = Store.for_output_dir(root)
     run_id = store.start_run(cfg.model_dump(mode="json"))
     results = {}
@@ -60,7 +61,8 @@ def build_dashboard_store(root: Path) -> Path:
     store.log_failure_event(eval_run.iloc[0, 0], "proxy_gold_divergence", "proxy reward rose while gold fell",
                             severity="warning", evidence={"proxy_delta": 0.2, "gold_delta": -0.1}, examples=examples)
 
-    other = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "ppo.kl_coef=0.5"])
+    other = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "ppo.kl_coef=0.5", "dpo.enabled=false",
+                                      "rloo.enabled=false"])
     run_pipeline(other, store=store)  # reuses data, sft and reward; trains and evaluates a second PPO policy
     return store.path
 
@@ -296,3 +298,35 @@ def test_failures_page_shows_the_event_with_evidence_and_examples(filled_store, 
     assert at.dataframe[0].value["kind"].tolist() == ["proxy_gold_divergence"]
     assert json.loads(at.json[0].value) == {"proxy_delta": 0.2, "gold_delta": -0.1}
     assert len(at.dataframe[1].value) == 2 and "response" in at.dataframe[1].value
+
+
+@pytest.mark.slow
+def test_sweep_page_draws_gold_and_proxy_against_d_with_the_fit(filled_store, tmp_path, monkeypatch):
+    """A sweep recorded (minirlhf.sweep.record_sweep, real writes) over the two evaluated PPO policies of the filled
+    store (kl_coef 0.2 and 0.5): its points, the fitted curves and the fits table."""
+    from minirlhf.config import load_config
+    from minirlhf.stage import StageResult
+    from minirlhf.sweep import record_sweep
+
+    evals = Store(filled_store).query("select s.output_dir, r.config from stage_runs s join runs r using (run_id) "
+                                      "where s.stage = 'eval' and not s.cache_hit order by s.started_at")
+    by_coef = {json.loads(c)["ppo"]["kl_coef"]: StageResult.from_dir(Path(d)) for d, c in zip(evals.output_dir, evals.config)}
+    assert sorted(by_coef) == [0.2, 0.5]
+    store = Store(tmp_path / "rlhf.duckdb")
+    run_id = store.start_run({"sweep": True})
+    record_sweep(load_config(None, [f"output_dir={tmp_path}"]), by_coef, store, run_id)
+    store.finish_run(run_id, "completed")
+
+    at = open_page(store.path, "sweep", monkeypatch)
+    (spec, data), = charts(at)
+    dots, curves = (data[layer["data"]["name"]] for layer in spec["layer"])
+    assert set(dots["reward"]) == {"gold", "proxy"} and sorted(set(dots["kl_coef"])) == [0.2, 0.5]
+    assert set(curves["reward"]) == {"gold", "proxy"} and len(curves) == 200
+    fits = at.table[0].value
+    assert list(fits.index) == ["gold", "proxy"] and fits["alpha"].notna().all()
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_sweep_page_on_a_store_without_a_sweep_says_how_to_make_one(small_store, monkeypatch):
+    at = open_page(small_store.path, "sweep", monkeypatch)
+    assert "minirlhf sweep" in at.info[0].value

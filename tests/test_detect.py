@@ -97,7 +97,7 @@ def test_degenerate_responses():
 def test_eval_stage_writes_its_failure_events_to_the_store(tmp_path):
     # Thresholds set so that any step with positive KL above the median before it is a "spike": forced to fire.
     cfg = load_config(None, TINY + [f"output_dir={tmp_path}", "detect.kl_spike_min=0", "detect.kl_spike_factor=1.0001",
-                                    "detect.smooth_window=1"])
+                                    "detect.smooth_window=1", "dpo.enabled=false", "rloo.enabled=false"])  # PPO's events only
     results = run_pipeline(cfg)
     ppo_curve = [json.loads(line) for line in (Path(results["ppo"].output_dir) / "curve.jsonl").read_text().splitlines()]
     assert [row["step"] for row in ppo_curve] == list(range(1, cfg.ppo.steps + 1))

@@ -107,11 +107,14 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.flow_run_id])))
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) == {"demo-summary", "demo-policies", "demo-dashboard"}
+    assert set(by_key) == {"demo-summary", "demo-policies", "demo-dashboard", "demo-report"}
+    report = by_key["demo-report"].data  # minirlhf report, also written to <output_dir>/report/report.md
+    assert report == (Path(tiny.output_dir) / "report" / "report.md").read_text()
+    assert "## Policy comparison" in report and "| **rloo** |" in report
     run_id = run["run_id"][0]
     assert f"8501/?page=comparison&run={run_id}" in by_key["demo-dashboard"].data
     assert "| gold_reward |" in by_key["demo-summary"].data and "| sft | no |" in by_key["demo-summary"].data
-    assert [row["policy"] for row in json.loads(by_key["demo-policies"].data)] == ["sft", "ppo"]
+    assert [row["policy"] for row in json.loads(by_key["demo-policies"].data)] == ["sft", "ppo", "dpo", "rloo"]
     print(f"\nfirst flow run (tiny config): {first_run.seconds:.1f} s")
 
 
@@ -152,7 +155,7 @@ def test_deleted_sft_file_recomputes_sft_and_what_depends_on_it(first_run, tiny)
     assert is_complete(sft_dir) and after.results["sft"].output_dir == str(sft_dir)
     changed = after.results["sft"].sha256 != before["sft"].sha256  # SFT's metrics.json holds its run time: it changes
     print(f"\nSFT recomputed in {after.seconds:.1f} s; its digest changed: {changed}")
-    for stage in ("reward", "ppo", "eval"):  # their keys hold SFT's digest (directly or through reward and ppo)
+    for stage in ("reward", "ppo", "dpo", "rloo", "eval"):  # their keys hold SFT's digest (directly or through reward and ppo)
         assert (after.states()[stage] == "Cached") is not changed, stage
         assert after.rows(stage)[0]["cache_hit"] is not changed, stage
         assert is_complete(Path(after.results[stage].output_dir)), stage
@@ -206,16 +209,18 @@ def test_prefect_yaml_deployments_match_the_flow():
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"rlhf-demo", "rlhf-nightly"}
+    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep"}
     assert [s["cron"] for s in deployments["rlhf-nightly"].get("schedules", [])] == ["0 3 * * *"]
     assert not deployments["rlhf-demo"].get("schedules")
     demo = load_config(REPO / "configs" / "demo.yaml")
-    for d in deployments.values():
-        assert d["entrypoint"] == "flows/pipeline.py:rlhf_pipeline" and d["work_pool"]["name"] == "minirlhf-pool"
+    flows = {"rlhf-demo": "rlhf-pipeline", "rlhf-nightly": "rlhf-pipeline", "rlhf-sweep": "overoptimization-sweep"}
+    for name, d in deployments.items():
+        assert d["work_pool"]["name"] == "minirlhf-pool"
         flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
-        assert flow.name == "rlhf-pipeline"
+        assert flow.name == flows[name]
         params = flow.validate_parameters(d["parameters"])  # the server validates the same way
         assert params["config"] == demo
+    assert deployments["rlhf-sweep"]["parameters"]["kl_coefs"] == [0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
 
 
 def test_flow_parameter_is_a_form_with_the_config_limits():

@@ -22,6 +22,9 @@ TINY = [
     "sft.num_train_epochs=2", "sft.learning_rate=1e-2", "reward.num_train_epochs=2", "reward.learning_rate=1e-2",
     "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.num_ppo_epochs=2", "ppo.response_length=12",
     "ppo.steps=6", "ppo.checkpoint_every=3", "ppo.keep_checkpoints=2", "ppo.sample_every=2",
+    # The baselines (tests/test_baselines.py): a few seconds each, enough to move the tiny policy measurably.
+    "dpo.max_steps=6", "dpo.batch_size=8", "dpo.learning_rate=1e-3",
+    "rloo.steps=4", "rloo.batch_size=16", "rloo.learning_rate=5e-3", "rloo.max_completion_length=12", "rloo.sample_every=2",
 ]
 WORKER = Path(__file__).with_name("ppo_worker.py")
 REQUIRED = ["ppo/kl", "ppo/proxy_reward", "ppo/gold_reward", "ppo/non_score_reward", "ppo/entropy", "policy/approxkl",

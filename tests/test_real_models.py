@@ -73,7 +73,9 @@ def save_standin(kind: str, directory: Path) -> Path:
 # Tiny step counts; everything else comes from the profile itself.
 TINY_STEPS = ["sft.max_steps=3", "sft.batch_size=4", "sft.logging_steps=1", "reward.max_steps=3", "reward.batch_size=4",
               "reward.logging_steps=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.num_ppo_epochs=1",
-              "ppo.response_length=8", "eval.n_prompts=4", "eval.max_new_tokens=8"]
+              "ppo.response_length=8", "eval.n_prompts=4", "eval.max_new_tokens=8",
+              "dpo.max_steps=2", "dpo.batch_size=2", "rloo.steps=1", "rloo.batch_size=4", "rloo.num_generations=2",
+              "rloo.max_completion_length=8"]
 
 
 # ---------------------------------------------------------------------------------------------- fast tier
@@ -193,14 +195,15 @@ def test_online_profile_runs_every_stage_on_a_local_standin(profile, standin_kin
     assert results["ppo"].step == 1
     if cfg.model.lora.enabled:  # adapters only, merged on save: the outputs load as plain checkpoints
         assert results["sft"].metrics["sft/trainable_params"] < 0.5 * count_parameters(load_policy(str(standin))[1])
-        assert not (Path(results["ppo"].output_dir) / "adapter_config.json").exists()
+        for stage in ("ppo", "dpo", "rloo"):
+            assert not (Path(results[stage].output_dir) / "adapter_config.json").exists(), stage
     metrics = results["eval"].metrics
     for name in ("eval/sft/proxy_reward", "eval/ppo/proxy_reward", "eval/ppo/kl", "eval/ppo/win_rate_proxy"):
         assert name in metrics
     assert not any("gold" in name for name in metrics)  # HH has no gold annotator: those metrics are absent
     store = Store.for_output_dir(cfg.output_dir)
     samples = store.query("select policy, count(*) as n from samples where step = 0 group by policy")
-    assert dict(zip(samples["policy"], samples["n"])) == {"sft": 4, "ppo": 4}
+    assert dict(zip(samples["policy"], samples["n"])) == {"sft": 4, "ppo": 4, "dpo": 4, "rloo": 4}
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """Tiny-model stage runs (slow tier): real TRL trainers, real DuckDB, asserting that things changed the right way."""
 
 import json
-import shutil
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """The embedded task generator: deterministic, HH-formatted, with the designed-in spurious feature."""
 
-import json
 import statistics
 
 from minirlhf.config import DataConfig

@@ -1,0 +1,191 @@
+"""The over-optimisation sweep: PPO at several KL coefficients, gold and proxy reward against d = sqrt(KL).
+
+Usage:
+    from minirlhf.sweep import fit_gao_rl, run_sweep, record_sweep
+    alpha, beta, r2 = fit_gao_rl(d=[0.5, 1.0, 2.0], gain=[0.3, 0.5, 0.4])
+    result = run_sweep({0.2: eval_dir_a, 0.05: eval_dir_b}, out_dir)          # points.json, fit.json, the figure
+    result = record_sweep(cfg, kl_coefs, evals, store, run_id)                # the same, as a recorded 'sweep' stage
+
+Gao, Schulman & Hilton (2022), "Scaling Laws for Reward Model Overoptimization", measure how far a policy has
+moved from its initialisation by d = sqrt(KL(pi || pi_init)) and find that, for RL, the gold reward gained over
+the initial policy follows R(d) = d (alpha - beta log d) (their Eq. 2; best-of-n follows d (alpha - beta d)).
+The proxy (the reward model the policy optimises) keeps rising with d while the gold reward peaks at
+d* = exp(alpha / beta - 1) and then falls: the over-optimisation the sweep makes visible.
+
+Here each point is one PPO run (one `ppo.kl_coef`, everything else shared and reused from the cache), evaluated
+against SFT on the same held-out prompts: d = sqrt(eval/ppo/kl), gain = eval/ppo/<reward> - eval/sft/<reward>.
+Store metrics (stage 'sweep'; views v_sweep_points, v_sweep_fits): per point i at step i `sweep/kl_coef`,
+`sweep/kl`, `sweep/d`, `sweep/gold_reward`, `sweep/proxy_reward`, `sweep/gold_gain`, `sweep/proxy_gain`; at
+step 0 `sweep/fit/<gold|proxy>/<alpha|beta|r2|d_star>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minirlhf.config import PipelineConfig
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, is_complete, stage_key, stage_output
+
+log = logging.getLogger("minirlhf")
+
+FIGURE = "overoptimization.png"
+REWARDS = ("gold", "proxy")
+
+
+def fit_gao_rl(d: list[float], gain: list[float]) -> tuple[float, float, float]:
+    """Least-squares fit of R(d) = d (alpha - beta log d) = alpha d - beta d log d (linear in alpha, beta).
+    Returns (alpha, beta, r2); r2 is the share of the gains' variance around their mean that the fit explains."""
+    d_arr, gain_arr = np.asarray(d, dtype=float), np.asarray(gain, dtype=float)
+    if len(d_arr) < 2 or np.any(d_arr <= 0):
+        raise ValueError(f"the fit needs at least two points with d > 0, got d={list(d)}")
+    design = np.stack([d_arr, -d_arr * np.log(d_arr)], axis=1)  # (points, 2): columns multiply alpha, beta
+    (alpha, beta), *_ = np.linalg.lstsq(design, gain_arr, rcond=None)
+    residual = gain_arr - design @ np.array([alpha, beta])
+    total = float(((gain_arr - gain_arr.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else float("nan")
+    return float(alpha), float(beta), r2
+
+
+def gao_rl(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """R(d) = d (alpha - beta log d), with R(0) = 0 (the limit)."""
+    d = np.asarray(d, dtype=float)
+    safe = np.where(d > 0, d, 1.0)
+    return np.where(d > 0, d * (alpha - beta * np.log(safe)), 0.0)
+
+
+def d_star(alpha: float, beta: float) -> float | None:
+    """Where R(d) peaks: dR/dd = alpha - beta (log d + 1) = 0. Only a maximum when beta > 0."""
+    return math.exp(alpha / beta - 1) if beta > 0 and alpha / beta - 1 < 50 else None
+
+
+def sweep_point(kl_coef: float, eval_metrics: dict[str, float]) -> dict[str, float]:
+    """One PPO run's point: its KL to SFT, d, and gold/proxy reward with their gains over SFT."""
+    kl = eval_metrics["eval/ppo/kl"]
+    point = {"kl_coef": kl_coef, "kl": kl, "d": math.sqrt(max(kl, 0.0))}
+    for reward in REWARDS:
+        value, sft = eval_metrics.get(f"eval/ppo/{reward}_reward"), eval_metrics.get(f"eval/sft/{reward}_reward")
+        if value is not None and sft is not None:
+            point |= {f"{reward}_reward": value, f"{reward}_gain": value - sft, f"sft_{reward}_reward": sft}
+    return point
+
+
+def fit_points(points: list[dict]) -> dict[str, dict[str, float]]:
+    """{'gold': {alpha, beta, r2, d_star}, 'proxy': {...}} over the points with d > 0 (gold absent on HH data)."""
+    fits = {}
+    for reward in REWARDS:
+        usable = [p for p in points if p["d"] > 0 and f"{reward}_gain" in p]
+        if len(usable) < 2:
+            continue
+        alpha, beta, r2 = fit_gao_rl([p["d"] for p in usable], [p[f"{reward}_gain"] for p in usable])
+        fits[reward] = {"alpha": alpha, "beta": beta, "r2": r2}
+        peak = d_star(alpha, beta)
+        if peak is not None:
+            fits[reward]["d_star"] = peak
+    return fits
+
+
+def plot_sweep(points: list[dict], fits: dict[str, dict[str, float]], path: Path) -> Path:
+    """Gold and proxy gain over SFT against d, the fitted curves, each point labelled with its kl_coef."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    d_max = max(p["d"] for p in points) * 1.15
+    grid = np.linspace(1e-3, d_max, 200)
+    for reward, color, marker in (("proxy", "tab:orange", "s"), ("gold", "tab:blue", "o")):
+        shown = [p for p in points if f"{reward}_gain" in p]
+        if not shown:
+            continue
+        ax.scatter([p["d"] for p in shown], [p[f"{reward}_gain"] for p in shown], color=color, marker=marker,
+                   zorder=3, label=f"{reward} reward (PPO run)")
+        if reward in fits:
+            f = fits[reward]
+            ax.plot(grid, gao_rl(grid, f["alpha"], f["beta"]), color=color, alpha=0.7,
+                    label=f"{reward} fit: d({f['alpha']:.2f} - {f['beta']:.2f} log d), R²={f['r2']:.2f}")
+        if reward == "gold":
+            for p in shown:
+                ax.annotate(f"β={p['kl_coef']:g}", (p["d"], p["gold_gain"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("d = sqrt(KL(PPO || SFT))  (nats^½, sequence level)")
+    ax.set_ylabel("reward gained over SFT")
+    ax.set_title("Over-optimisation: gold vs proxy reward as PPO moves away from SFT\n(β = ppo.kl_coef; Gao et al. 2022, RL form)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sweep_metrics(points: list[dict], fits: dict[str, dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
+    """The store rows: (step, metrics) per point, then the fits at step 0."""
+    rows = []
+    for i, p in enumerate(points):
+        keys = ("kl_coef", "kl", "d", "gold_reward", "proxy_reward", "gold_gain", "proxy_gain")
+        rows.append((i, {f"sweep/{k}": p[k] for k in keys if k in p}))
+    fit_row = {f"sweep/fit/{reward}/{k}": v for reward, f in fits.items() for k, v in f.items() if math.isfinite(v)}
+    return rows + [(0, fit_row)]
+
+
+def run_sweep(evals: dict[float, Path], out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+    """Fit and draw the sweep from the eval stage outputs of each PPO run, keyed by its kl_coef."""
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    points = []
+    for kl_coef, eval_dir in sorted(evals.items(), reverse=True):  # strongest KL penalty first: d grows along the list
+        points.append(sweep_point(kl_coef, json.loads((Path(eval_dir) / "metrics.json").read_text())))
+    fits = fit_points(points)
+    for step, metrics in sweep_metrics(points, fits):
+        logger.log_metrics(metrics, step=step)
+    for reward, f in fits.items():
+        log.info("sweep: %s reward R(d) = d(%.3f - %.3f log d), R2 %.2f, peak at d=%s", reward, f["alpha"], f["beta"],
+                 f["r2"], f"{f['d_star']:.2f}" if "d_star" in f else "none")
+    summary = {f"sweep/fit/{reward}/{k}": v for reward, f in fits.items() for k, v in f.items()}
+    result = StageResult("sweep", "", "", metrics={**summary, "sweep/points": float(len(points))})
+    with stage_output(out_dir, result) as tmp:
+        (tmp / "points.json").write_text(json.dumps(points, indent=1))
+        (tmp / "fit.json").write_text(json.dumps(fits, indent=1))
+        plot_sweep(points, fits, tmp / FIGURE)
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def sweep_dir(cfg: PipelineConfig, evals: dict[float, StageResult]) -> Path:
+    """`<output_dir>/sweep/<key>`: the key covers the kl_coefs and the digest of every eval output."""
+    coefs = sorted(evals, reverse=True)
+    key = stage_key("sweep", json.dumps(coefs), [evals[c].sha256 for c in coefs])
+    return Path(cfg.output_dir) / "sweep" / key
+
+
+def record_sweep(cfg: PipelineConfig, evals: dict[float, StageResult], store, run_id: str,
+                 task_run_id: str | None = None) -> StageResult:
+    """`run_sweep` as a recorded stage of `run_id` (stage_runs row, metrics, the figure as an artifact);
+    a complete output with the same key is reused, as for every other stage."""
+    from minirlhf.pipeline import recorded_stage, stage_lock
+
+    out = sweep_dir(cfg, evals)
+    with stage_lock(out):
+        cached = is_complete(out)
+        with recorded_stage(store, run_id, "sweep", cfg, out, cache_key=out.name, cache_hit=cached,
+                            task_run_id=task_run_id) as stage_run_id:
+            if cached:
+                result = StageResult.from_dir(out)
+                result.cache_hit = True
+                points, fits = json.loads((out / "points.json").read_text()), json.loads((out / "fit.json").read_text())
+                for step, metrics in sweep_metrics(points, fits):  # a reused sweep answers v_sweep_points too
+                    store.log_metrics(stage_run_id, metrics, step=step)
+            else:
+                from minirlhf.pipeline import StoreLogger
+
+                result = run_sweep({c: Path(r.output_dir) for c, r in evals.items()}, out, StoreLogger(store, stage_run_id))
+            store.log_artifact(stage_run_id, "sweep", result.output_dir, sha256=result.sha256)
+            store.log_artifact(stage_run_id, "figure", Path(result.output_dir) / FIGURE)
+    return result

@@ -1,0 +1,160 @@
+"""The DPO and RLOO baselines: each moves the tiny SFT policy the way its objective says (slow tier), the eval stage
+compares every enabled policy, and a disabled baseline is neither run nor evaluated (wiring: fast tier)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from minirlhf.config import load_config
+from minirlhf.data.task import read_jsonl
+from minirlhf.evaluate import sample
+from minirlhf.models import load_policy, load_reward_model
+from minirlhf.pipeline import STAGES, enabled_stages, needed_stages, run_pipeline, stage_dir, upstream_of
+from minirlhf.reward import score_texts
+from minirlhf.stage import StageResult
+from minirlhf.store import Store
+from tests.test_ppo import TINY
+
+POLICIES = ("sft", "ppo", "dpo", "rloo")
+
+
+# ---- wiring (fast): which stages run, and what the eval stage's key holds ---------------------------------------
+def _fake_results(cfg) -> dict[str, StageResult]:
+    return {name: StageResult(name, f"/x/{name}", f"{name}-digest") for name in STAGES}
+
+
+def test_a_disabled_baseline_is_not_run_nor_upstream_of_eval():
+    on = load_config(None)
+    off = load_config(None, ["rloo.enabled=false"])
+    assert enabled_stages(on) == STAGES == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
+    assert enabled_stages(off) == ("data", "sft", "reward", "ppo", "dpo", "eval")
+    assert upstream_of(on, "eval") == ("data", "sft", "reward", "ppo", "dpo", "rloo")
+    assert upstream_of(off, "eval") == ("data", "sft", "reward", "ppo", "dpo")
+    assert needed_stages(on, ("eval",)) == list(STAGES)
+    assert needed_stages(off, ("eval",)) == ["data", "sft", "reward", "ppo", "dpo", "eval"]
+    assert needed_stages(on, ("dpo",)) == ["data", "sft", "dpo"]
+    with pytest.raises(ValueError, match=r"disabled.*--set rloo.enabled=true"):
+        needed_stages(off, ("rloo",))
+
+
+def test_eval_key_changes_with_the_set_of_policies():
+    on = load_config(None)
+    off = load_config(None, ["dpo.enabled=false"])
+    results = _fake_results(on)
+    assert stage_dir(on, "eval", results)[0] != stage_dir(off, "eval", results)[0]
+    assert stage_dir(on, "ppo", results)[0] == stage_dir(off, "ppo", results)[0]  # nothing else moves
+
+
+# ---- tiny stage runs (slow) ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole tiny pipeline once: every enabled stage, the baselines included."""
+    cfg = load_config(None, TINY + [f"output_dir={tmp_path_factory.mktemp('baselines')}"])
+    return cfg, run_pipeline(cfg)
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """(n,) log pi(response + EOS | prompt): the sequences DPO scores (TRL appends EOS to chosen and rejected)."""
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    response_ids = [tokenizer(r + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for r in responses]
+    width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id)  # (n, width), right-padded
+    response_mask = torch.zeros(len(prompts), width)  # (n, width): 1 on response tokens
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        response_mask[i, len(p) : len(p) + len(r)] = 1
+    logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits  # (n, width, vocab)
+    token_logprobs = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]  # (n, width - 1): token t + 1
+    return (token_logprobs * response_mask[:, 1:]).sum(1)
+
+
+def preference_logratio(model, tokenizer, pairs: list[dict]) -> torch.Tensor:
+    """(n_pairs,) log pi(chosen) - log pi(rejected)."""
+    prompts = [p["prompt"] for p in pairs]
+    return (response_logprobs(model, tokenizer, prompts, [p["chosen"] for p in pairs])
+            - response_logprobs(model, tokenizer, prompts, [p["rejected"] for p in pairs]))
+
+
+@pytest.mark.slow
+def test_dpo_moves_the_policy_toward_the_chosen_responses(tiny_run):
+    cfg, results = tiny_run
+    pairs = read_jsonl(Path(results["data"].output_dir) / "pairs_train.jsonl")[:64]
+    tokenizer, sft = load_policy(results["sft"].output_dir)
+    _, dpo = load_policy(results["dpo"].output_dir)  # a plain checkpoint, as the eval stage loads it
+    # DPO's implicit reward margin, beta * [(log pi - log pi_sft)(chosen) - (log pi - log pi_sft)(rejected)]
+    margins = cfg.dpo.beta * (preference_logratio(dpo, tokenizer, pairs) - preference_logratio(sft, tokenizer, pairs))
+    assert margins.mean() > 0
+    assert (margins > 0).float().mean() > 0.5  # the implicit reward prefers the chosen response on most pairs
+    assert results["dpo"].metrics["dpo/steps"] == cfg.dpo.max_steps
+    assert results["dpo"].metrics["dpo/rewards/accuracies"] > 0.5
+
+
+def penalised_scores(policy, tokenizer, rm, rm_tokenizer, prompts: list[str], cfg) -> torch.Tensor:
+    """(n,) what RLOO maximises before its KL term: the reward-model score of a fresh sample of at most
+    `rloo.max_completion_length` tokens, plus `rloo.missing_eos_penalty` where the sample has no EOS."""
+    sampling = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_new_tokens": cfg.rloo.max_completion_length,
+                                                                          "temperature": cfg.rloo.temperature})})
+    batches = sample(policy, tokenizer, prompts, sampling, seed=7)
+    texts = [t for batch in batches for t in batch[0]]
+    has_eos = torch.cat([batch[3] for batch in batches])
+    return score_texts(rm, rm_tokenizer, prompts, texts) + cfg.rloo.missing_eos_penalty * (~has_eos).float()
+
+
+@pytest.mark.slow
+def test_rloo_raises_the_reward_it_is_trained_on(tiny_run):
+    cfg, results = tiny_run
+    prompts = [r["prompt"] for r in read_jsonl(Path(results["data"].output_dir) / "rl_prompts.jsonl")] * 4  # 256 samples
+    rm_tokenizer, rm = load_reward_model(results["reward"].output_dir)
+    tokenizer, sft = load_policy(results["sft"].output_dir)
+    _, rloo = load_policy(results["rloo"].output_dir)
+    before = penalised_scores(sft, tokenizer, rm, rm_tokenizer, prompts, cfg).mean()
+    after = penalised_scores(rloo, tokenizer, rm, rm_tokenizer, prompts, cfg).mean()
+    assert after > before + 0.1, (float(before), float(after))
+
+
+@pytest.mark.slow
+def test_rloo_logs_every_step_with_its_own_eos_check_agreeing_with_trl(tiny_run):
+    cfg, results = tiny_run
+    history = {row["step"]: row for row in results["rloo"].history if "rloo/reward" in row}
+    assert sorted(history) == list(range(1, cfg.rloo.steps + 1))
+    for row in history.values():
+        for name in ("rloo/reward", "rloo/proxy_reward", "rloo/gold_reward", "rloo/kl", "rloo/eos_rate"):
+            assert name in row, name
+        # Our reward function's EOS test (missing-EOS penalty) and TRL's truncation count see the same samples.
+        assert row["rloo/eos_rate"] == pytest.approx(1 - row["rloo/completions/clipped_ratio"])
+    store = Store.for_output_dir(cfg.output_dir)
+    steps = store.query("select distinct step from metrics where name = 'rloo/gold_reward' order by step")["step"].tolist()
+    assert steps == list(range(1, cfg.rloo.steps + 1))
+    assert len(store.query("select * from samples where policy = 'rloo' and step > 0")) > 0
+
+
+@pytest.mark.slow
+def test_eval_compares_all_four_policies(tiny_run):
+    cfg, results = tiny_run
+    assert list(results) == list(STAGES)
+    metrics = results["eval"].metrics
+    for policy in POLICIES:
+        assert f"eval/{policy}/gold_reward" in metrics and f"eval/{policy}/proxy_reward" in metrics, policy
+    for policy in POLICIES[1:]:
+        assert f"eval/{policy}/win_rate_gold" in metrics and f"eval/{policy}/kl" in metrics, policy
+    store = Store.for_output_dir(cfg.output_dir)
+    evaluated = store.query("select distinct policy from samples where step = 0 order by policy")["policy"].tolist()
+    assert evaluated == sorted(POLICIES)
+
+
+@pytest.mark.slow
+def test_a_disabled_baseline_is_absent_from_the_run_and_the_eval(tiny_run):
+    cfg, results = tiny_run
+    off = cfg.model_copy(update={"rloo": cfg.rloo.model_copy(update={"enabled": False})})
+    again = run_pipeline(off)  # same output root: the other stages are reused, the eval is a new one
+    assert list(again) == ["data", "sft", "reward", "ppo", "dpo", "eval"]
+    assert all(again[s].cache_hit for s in ("data", "sft", "reward", "ppo", "dpo"))
+    assert not again["eval"].cache_hit and again["eval"].output_dir != results["eval"].output_dir
+    assert not [name for name in again["eval"].metrics if "/rloo/" in name]
+    assert "eval/dpo/gold_reward" in again["eval"].metrics
+    store = Store.for_output_dir(cfg.output_dir)
+    run_id = store.query("select run_id from runs order by started_at desc limit 1")["run_id"][0]
+    stages = store.query("select stage from stage_runs where run_id = ? order by started_at", [run_id])["stage"].tolist()
+    assert stages == ["data", "sft", "reward", "ppo", "dpo", "eval"]
