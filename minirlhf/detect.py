@@ -137,14 +137,17 @@ def over_refusal(metrics, samples, policy, cfg) -> list[FailureEvent]:
 
 
 _REPEATED_WORDS = re.compile(r"\b(\w+)(?:\W+\1\b){2,}", re.IGNORECASE)  # the same word three times in a row
+# The same phrase of 3+ words twice in a row: what PPO at kl_coef 0.01 did with the filler the reward model
+# over-credits ("... I hope this helps! I hope this helps!", docs/REPORT.md), which the word rule misses.
+_REPEATED_PHRASE = re.compile(r"\b((?:\w+\W+){2,}?\w+)\W+\1\b", re.IGNORECASE)
 
 
 def is_degenerate(response: str, max_repeat_fraction: float = 0.5) -> bool:
-    """Empty, a word repeated 3+ times in a row, or mostly the same few words (a repetition loop)."""
+    """Empty, a word repeated 3+ times in a row, a phrase of 3+ words repeated, or mostly the same few words."""
     words = response.split()
     if not words:
         return True
-    if _REPEATED_WORDS.search(response):
+    if _REPEATED_WORDS.search(response) or _REPEATED_PHRASE.search(response):
         return True
     return len(words) >= 6 and len(set(words)) / len(words) < (1 - max_repeat_fraction)
 

@@ -397,11 +397,22 @@ def section_sweep(store: Store, sweep_run_id: str | None, figures: Path) -> str:
         rows = [(r["reward"], _num(r["alpha"], 4), _num(r["beta"], 4), _num(r["r2"], 3), _num(r["d_star"], 3),
                  _num(r["d_star"] ** 2, 3) if _is_number(r["d_star"]) else "—") for _, r in fits.iterrows()]
         lines.append(_table(["reward", "α", "β", "R²", "d* (peak)", "KL at d*"], rows))
-    lines += ["", _table(["point", "kl_coef", "KL", "d", "gold", "proxy", "gold gain", "proxy gain"],
+    # What the detectors flagged in each point's evaluation (the eval stage of that kl_coef, in the sweep's run).
+    flagged = store.query("""
+        SELECT TRY_CAST(json_extract_string(s.config, '$.ppo.kl_coef') AS DOUBLE) AS kl_coef,
+               string_agg(DISTINCT f.kind, ', ' ORDER BY f.kind) AS kinds
+        FROM failure_events f JOIN stage_runs s USING (stage_run_id)
+        WHERE s.run_id = ? AND s.stage = 'eval' GROUP BY ALL""", [sweep["run_id"]])
+    kinds = dict(zip(flagged["kl_coef"], flagged["kinds"]))
+    lines += ["", _table(["point", "kl_coef", "KL", "d", "gold", "proxy", "gold gain", "proxy gain", "flagged"],
                          [(int(p["point"]), f"{p['kl_coef']:g}" if _is_number(p["kl_coef"]) else "—", _num(p["kl"]),
                            _num(p["d"]), _num(p["gold_reward"]),
-                           _num(p["proxy_reward"]), _num(p["gold_gain"]), _num(p["proxy_gain"]))
+                           _num(p["proxy_reward"]), _num(p["gold_gain"]), _num(p["proxy_gain"]),
+                           kinds.get(p["kl_coef"], "—"))
                           for _, p in points.iterrows()])]
+    events = section_failures(store, sweep["run_id"], heading="### Failure events of the sweep's runs")
+    if "No failure event" not in events:
+        lines += ["", events]
     return "\n".join(lines)
 
 
@@ -496,12 +507,14 @@ def pick_prompts(samples: pd.DataFrame, n: int) -> list[str]:
 
 
 # ---- 7. failure events -----------------------------------------------------------------------------------
-def section_failures(store: Store, run_id: str) -> str:
-    lines = ["## Failure events", ""]
+def section_failures(store: Store, run_id: str, heading: str = "## Failure events") -> str:
+    lines = [heading, ""]
     evaluated = store.query("SELECT 1 FROM stage_runs WHERE run_id = ? AND stage = 'eval' LIMIT 1", [run_id])
     events = store.query("""
-        SELECT stage, attempt, step, kind, severity, message, evidence, examples FROM v_failure_events
-        WHERE run_id = ? ORDER BY detected_at, event_id""", [run_id])
+        SELECT v.stage, v.attempt, v.step, v.kind, v.severity, v.message, v.evidence, v.examples,
+               TRY_CAST(json_extract_string(s.config, '$.ppo.kl_coef') AS DOUBLE) AS kl_coef
+        FROM v_failure_events v JOIN stage_runs s USING (stage_run_id)
+        WHERE v.run_id = ? ORDER BY v.detected_at, v.event_id""", [run_id])
     if events.empty:
         if evaluated.empty:
             return "\n".join(lines + [_missing("failure detection", f"{RUN_HINT} --stages eval")])
@@ -509,9 +522,10 @@ def section_failures(store: Store, run_id: str) -> str:
     events["rank"] = events["severity"].map(lambda s: SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else len(SEVERITY_ORDER))
     events = events.sort_values("rank", kind="stable")
     parsed = [(_load_json(e["evidence"]) or {}, _load_json(e["examples"]) or []) for _, e in events.iterrows()]
-    rows = [(i, f"`{e['kind']}`", e["severity"], _text(evidence.get("policy")), _int(e["step"]), _cell(e["message"]))
+    rows = [(i, f"`{e['kind']}`", e["severity"], _text(evidence.get("policy")), _int(e["step"]), _cell(e["message"]),
+             f"{e['kl_coef']:g}" if _is_number(e["kl_coef"]) else "—")
             for i, ((_, e), (evidence, _)) in enumerate(zip(events.iterrows(), parsed), 1)]
-    lines += [_table(["#", "kind", "severity", "policy", "step", "message"], rows)]
+    lines += [_table(["#", "kind", "severity", "policy", "step", "message", "ppo.kl_coef"], rows)]
     for i, ((_, e), (evidence, examples)) in enumerate(zip(events.iterrows(), parsed), 1):
         lines += ["", f"**{i}. `{e['kind']}`** ({e['severity']}): {_cell(e['message'])}", ""]
         shown = {k: v for k, v in evidence.items() if k != "policy"}

@@ -85,6 +85,9 @@ def test_length_diversity_refusal_detectors():
 def test_degenerate_responses():
     assert is_degenerate("") and is_degenerate("the the the answer") and is_degenerate("yes no yes no yes no yes no")
     assert not is_degenerate("The capital of France is Paris.") and not is_degenerate("I think it is 7, I hope this helps!")
+    # a repeated phrase (the filler hack of docs/REPORT.md), but not a two-word echo or a repeated opening word
+    assert is_degenerate("The capital of how is Cairo. I hope this helps! I hope this helps!")
+    assert not is_degenerate("the word the word") and not is_degenerate("I can help with that. I can do it.")
     loops = [sample("")] * 5 + HEALTHY[:5]
     rates = degenerate_rates({"sft": HEALTHY, "ppo": loops})
     assert rates == {"detect/sft/degenerate_rate": 0.0, "detect/ppo/degenerate_rate": 0.5}

@@ -75,7 +75,9 @@ TINY_STEPS = ["sft.max_steps=3", "sft.batch_size=4", "sft.logging_steps=1", "rew
               "reward.logging_steps=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.num_ppo_epochs=1",
               "ppo.response_length=8", "eval.n_prompts=4", "eval.max_new_tokens=8",
               "dpo.max_steps=2", "dpo.batch_size=2", "rloo.steps=1", "rloo.batch_size=4", "rloo.num_generations=2",
-              "rloo.max_completion_length=8"]
+              "rloo.max_completion_length=8",
+              # The profiles leave the baselines off (untuned on real models); the stand-ins run them, with LoRA too.
+              "dpo.enabled=true", "rloo.enabled=true"]
 
 
 # ---------------------------------------------------------------------------------------------- fast tier
