@@ -91,38 +91,17 @@ def fit_points(points: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def plot_sweep(points: list[dict], fits: dict[str, dict[str, float]], path: Path) -> Path:
-    """Gold and proxy gain over SFT against d, the fitted curves, each point labelled with its kl_coef."""
-    import matplotlib
+    """Gold and proxy gain over SFT against d with the fitted curves: the report's figure (minirlhf.report), drawn
+    from this stage's points instead of the store's views."""
+    import pandas as pd
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from minirlhf.report import plot_sweep as draw
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    d_max = max(p["d"] for p in points) * 1.15
-    grid = np.linspace(1e-3, d_max, 200)
-    for reward, color, marker in (("proxy", "tab:orange", "s"), ("gold", "tab:blue", "o")):
-        shown = [p for p in points if f"{reward}_gain" in p]
-        if not shown:
-            continue
-        ax.scatter([p["d"] for p in shown], [p[f"{reward}_gain"] for p in shown], color=color, marker=marker,
-                   zorder=3, label=f"{reward} reward (PPO run)")
-        if reward in fits:
-            f = fits[reward]
-            ax.plot(grid, gao_rl(grid, f["alpha"], f["beta"]), color=color, alpha=0.7,
-                    label=f"{reward} fit: d({f['alpha']:.2f} - {f['beta']:.2f} log d), R²={f['r2']:.2f}")
-        if reward == "gold":
-            for p in shown:
-                ax.annotate(f"β={p['kl_coef']:g}", (p["d"], p["gold_gain"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("d = sqrt(KL(PPO || SFT))  (nats^½, sequence level)")
-    ax.set_ylabel("reward gained over SFT")
-    ax.set_title("Over-optimisation: gold vs proxy reward as PPO moves away from SFT\n(β = ppo.kl_coef; Gao et al. 2022, RL form)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    columns = ["kl_coef", "d", "gold_gain", "proxy_gain"]
+    points_frame = pd.DataFrame(points).reindex(columns=columns)
+    fits_frame = pd.DataFrame([{"reward": r, **f} for r, f in fits.items()],
+                              columns=["reward", "alpha", "beta", "r2", "d_star"])
+    return draw(points_frame, fits_frame, path)
 
 
 def sweep_metrics(points: list[dict], fits: dict[str, dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
