@@ -254,9 +254,10 @@ class PipelineConfig(_Section):
     eval: EvalConfig = EvalConfig()
     detect: DetectConfig = DetectConfig()
 
-    def section_json(self, *sections: str) -> str:
-        """Canonical JSON of some sections: the part of the config a stage's cache key depends on."""
-        dumped = self.model_dump(mode="json")
+    def section_json(self, *sections: str, exclude: dict[str, set[str]] | None = None) -> str:
+        """Canonical JSON of some sections (less the `exclude`d fields, {"model": {"reward_backbone"}}): the part
+        of the config a stage's cache key depends on."""
+        dumped = self.model_dump(mode="json", exclude=exclude)
         return json.dumps({s: dumped[s] for s in sections}, sort_keys=True)
 
 

@@ -65,7 +65,7 @@ def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path, l
             callbacks=[LogToStore("dpo/{}", logger, result.history)],
             peft_config=lora_config(cfg.model.lora, "CAUSAL_LM"),  # None: full fine-tuning
         )
-        output, trainable, model = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
+        output, trainable, _ = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
         result.metrics = {f"dpo/{name}": last_logged(result.history, f"dpo/{name}") for name in SUMMARY}
         result.metrics = {k: v for k, v in result.metrics.items() if v is not None}
         result.metrics |= {

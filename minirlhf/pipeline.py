@@ -13,7 +13,6 @@ Every run, stage, metric and artifact is recorded in the DuckDB store at `<outpu
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from minirlhf.store import Store
 
 log = logging.getLogger("minirlhf")
 
-ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation"}
+ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep"}
 STAGES = ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
 POLICY_STAGES = ("ppo", "dpo", "rloo")  # what the eval stage compares with SFT, when enabled
 
@@ -140,12 +139,11 @@ KEYED_ONLY_BY = {("model", "reward_backbone"): "reward"}
 
 def stage_config_json(cfg: PipelineConfig, name: str) -> str:
     """The part of the config a stage's output depends on: its sections (less fields only another stage reads), seed."""
-    dumped = cfg.model_dump(mode="json")
-    tree = {section: dumped[section] for section in PLANS[name].sections}
+    exclude: dict[str, set[str]] = {}
     for (section, field), owner in KEYED_ONLY_BY.items():
-        if owner != name and section in tree:
-            del tree[section][field]
-    return json.dumps(tree, sort_keys=True) + f'{{"seed": {cfg.seed}}}'
+        if owner != name:
+            exclude.setdefault(section, set()).add(field)
+    return cfg.section_json(*PLANS[name].sections, exclude=exclude) + f'{{"seed": {cfg.seed}}}'
 
 
 def stage_dir(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult]) -> tuple[str, Path]:
@@ -180,18 +178,30 @@ def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], 
     """Run one stage (or reuse its complete output) and record it in the store. An orchestrator passes its
     own cache key, task run id and attempt; `run` replaces the plan's runner (e.g. PPO with a scaled lr)."""
     key, out = stage_dir(cfg, name, upstream)
+    inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
+    return reuse_or_run(store, run_id, name, cfg, out, lambda logger: (run or PLANS[name].run)(cfg, inputs, out, logger),
+                        cache_key=cache_key or key, attempt=attempt, task_run_id=task_run_id)
+
+
+def reuse_or_run(store: Store, run_id: str, name: str, cfg: PipelineConfig, out: Path,
+                 compute: Callable[[StoreLogger], StageResult], *, cache_key: str, attempt: int = 1,
+                 task_run_id: str | None = None, on_reuse: Callable[[StoreLogger], None] | None = None) -> StageResult:
+    """The protocol of every stage output: under its lock, reuse `out` if it is complete (then `on_reuse` may log
+    again what the computing run logged per step), else `compute(logger)` it; one stage_runs row either way."""
     with stage_lock(out):
         cached = is_complete(out)
-        with recorded_stage(store, run_id, name, cfg, out, cache_key=cache_key or key, cache_hit=cached, attempt=attempt,
+        with recorded_stage(store, run_id, name, cfg, out, cache_key=cache_key, cache_hit=cached, attempt=attempt,
                             task_run_id=task_run_id) as stage_run_id:
+            logger = StoreLogger(store, stage_run_id)
             if cached:
                 result = StageResult.from_dir(out)
                 result.cache_hit = True
                 log.info("%s: complete output found at %s, skipped", name, out)
+                if on_reuse is not None:
+                    on_reuse(logger)
             else:
                 log.info("%s: running (attempt %d) -> %s", name, attempt, out)
-                inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
-                result = (run or PLANS[name].run)(cfg, inputs, out, StoreLogger(store, stage_run_id))
+                result = compute(logger)
             log_result(store, stage_run_id, name, result)
     return result
 

@@ -65,7 +65,7 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
             callbacks=[LogToStore("sft/{}", logger, result.history)],
             peft_config=lora_config(cfg.model.lora, "CAUSAL_LM"),  # None: full fine-tuning
         )
-        output, trainable, model = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
+        output, trainable, _ = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
         losses = [h["sft/loss"] for h in result.history if "sft/loss" in h]
         result.metrics = {
             "sft/loss": losses[-1] if losses else float(output.training_loss),

@@ -27,7 +27,8 @@ from minirlhf.store import directory_digest, verify_manifest, write_manifest
 COMPLETE = "COMPLETE"
 RECORD = "record.json"
 # Bump a stage's version when its code changes what it writes: the cache key includes it.
-# ppo 2: curve.jsonl; eval 2: detectors; eval 3: compares the enabled baselines (DPO, RLOO) too
+# ppo 2: curve.jsonl; eval 2: detectors; eval 3: compares the enabled baselines (DPO, RLOO) too;
+# eval 4: the degenerate-repetition detector also counts a repeated phrase
 STAGE_VERSIONS = {"data": 2, "sft": 1, "reward": 1, "ppo": 2, "dpo": 1, "rloo": 1, "eval": 4, "sweep": 1}
 
 

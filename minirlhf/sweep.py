@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from minirlhf.config import PipelineConfig
-from minirlhf.stage import MetricLogger, NullLogger, StageResult, is_complete, stage_key, stage_output
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_key, stage_output
 
 log = logging.getLogger("minirlhf")
 
@@ -147,24 +147,24 @@ def sweep_dir(cfg: PipelineConfig, evals: dict[float, StageResult]) -> Path:
 def record_sweep(cfg: PipelineConfig, evals: dict[float, StageResult], store, run_id: str,
                  task_run_id: str | None = None) -> StageResult:
     """`run_sweep` as a recorded stage of `run_id` (stage_runs row, metrics, the figure as an artifact);
-    a complete output with the same key is reused, as for every other stage."""
-    from minirlhf.pipeline import recorded_stage, stage_lock
+    a complete output with the same key is reused, as for every other stage (minirlhf.pipeline.reuse_or_run)."""
+    from minirlhf.pipeline import StoreLogger, reuse_or_run
 
     out = sweep_dir(cfg, evals)
-    with stage_lock(out):
-        cached = is_complete(out)
-        with recorded_stage(store, run_id, "sweep", cfg, out, cache_key=out.name, cache_hit=cached,
-                            task_run_id=task_run_id) as stage_run_id:
-            if cached:
-                result = StageResult.from_dir(out)
-                result.cache_hit = True
-                points, fits = json.loads((out / "points.json").read_text()), json.loads((out / "fit.json").read_text())
-                for step, metrics in sweep_metrics(points, fits):  # a reused sweep answers v_sweep_points too
-                    store.log_metrics(stage_run_id, metrics, step=step)
-            else:
-                from minirlhf.pipeline import StoreLogger
 
-                result = run_sweep({c: Path(r.output_dir) for c, r in evals.items()}, out, StoreLogger(store, stage_run_id))
-            store.log_artifact(stage_run_id, "sweep", result.output_dir, sha256=result.sha256)
-            store.log_artifact(stage_run_id, "figure", Path(result.output_dir) / FIGURE)
-    return result
+    def log_figure(logger: StoreLogger) -> None:
+        logger.store.log_artifact(logger.stage_run_id, "figure", out / FIGURE)
+
+    def compute(logger: StoreLogger) -> StageResult:
+        result = run_sweep({c: Path(r.output_dir) for c, r in evals.items()}, out, logger)
+        log_figure(logger)
+        return result
+
+    def relog(logger: StoreLogger) -> None:  # a reused sweep answers v_sweep_points in this run too
+        points, fits = json.loads((out / "points.json").read_text()), json.loads((out / "fit.json").read_text())
+        for step, metrics in sweep_metrics(points, fits):
+            logger.log_metrics(metrics, step=step)
+        log_figure(logger)
+
+    return reuse_or_run(store, run_id, "sweep", cfg, out, compute, cache_key=out.name, task_run_id=task_run_id,
+                        on_reuse=relog)
