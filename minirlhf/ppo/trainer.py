@@ -16,8 +16,8 @@ is renamed into place, and only the newest `keep_checkpoints` are kept. A run st
 same key resumes from the newest valid checkpoint and, on a deterministic CPU, reproduces the metrics
 and weights of an uninterrupted run exactly. A corrupt or partial checkpoint is skipped with a warning.
 
-The instability guard raises `PPOUnstable` (NaN/inf loss, KL above `ppo.max_kl`, a policy ratio above
-`ppo.max_ratio`) naming the cause and the last good checkpoint, so an orchestrator can retry from there.
+The instability guard raises `PPOUnstable` (NaN/inf loss, KL above `ppo.max_kl`, a minibatch approxkl above
+`ppo.max_approxkl`) naming the cause and the last good checkpoint, so an orchestrator can retry from there.
 """
 
 from __future__ import annotations
@@ -255,10 +255,10 @@ class PPOTrainer:
     def guard_loss(self, loss: torch.Tensor, pg_stats: dict) -> None:
         if not torch.isfinite(loss):
             raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={float(loss)}")
-        # The mean ratio, not the max: one rare token's ratio can be large in healthy runs (clipping handles it).
-        ratio_mean = float(pg_stats["ratio_mean"])
-        if not math.isfinite(ratio_mean) or ratio_mean > self.args.max_ratio:
-            raise PPOUnstable("ratio_blowup", self.step + 1, self.last_good_checkpoint, f"ratio_mean={ratio_mean:.3g} > {self.args.max_ratio}")
+        # approxkl over the minibatch, not a ratio: one rare token's ratio can be huge in healthy runs (clipping handles it).
+        approxkl = float(pg_stats["approxkl"])
+        if not math.isfinite(approxkl) or approxkl > self.args.max_approxkl:
+            raise PPOUnstable("approxkl_ceiling", self.step + 1, self.last_good_checkpoint, f"approxkl={approxkl:.3g} > {self.args.max_approxkl}")
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
