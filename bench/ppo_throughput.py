@@ -53,8 +53,8 @@ def main() -> None:
 
     trainer.train_step()  # warm-up
     steps = [trainer.train_step() for _ in range(args.steps)]
-    rollout_s = statistics.median(m["time/rollout_s"] for m in steps)
-    update_s = statistics.median(m["time/update_s"] for m in steps)
+    rollout_s = statistics.median(m["ppo/time/rollout_s"] for m in steps)
+    update_s = statistics.median(m["ppo/time/update_s"] for m in steps)
     resp_tokens = statistics.median(m["ppo/response_length"] for m in steps) * cfg.ppo.batch_size
 
     # The compute floor: each model pass of one step, timed alone on the same batch shapes.

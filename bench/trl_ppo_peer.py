@@ -103,7 +103,7 @@ def measure_ours(store: Store, ppo_dir: Path, eval_dir: Path, batch_size: int) -
     steps = store.query(
         "select m.step, m.name, arg_max(m.value, m.recorded_at) as value from metrics m join stage_runs s using (stage_run_id) "
         "where s.stage = 'ppo' and s.output_dir = ? and not s.cache_hit and m.step > 0 "
-        "and m.name in ('time/rollout_s', 'time/update_s', 'ppo/proxy_reward', 'ppo/kl', 'ppo/eos_rate') "
+        "and m.name in ('ppo/time/rollout_s', 'ppo/time/update_s', 'ppo/proxy_reward', 'ppo/kl', 'ppo/eos_rate') "
         "group by m.step, m.name", [str(ppo_dir)]).pivot(index="step", columns="name", values="value").sort_index()
     evals = store.query(
         "select m.name, arg_max(m.value, m.recorded_at) as value from metrics m join stage_runs s using (stage_run_id) "
@@ -116,7 +116,7 @@ def measure_ours(store: Store, ppo_dir: Path, eval_dir: Path, batch_size: int) -
         "wall_s": StageResult.from_dir(ppo_dir).seconds,
         # The stage run in the store: also the lazy imports of torch/transformers, the store writes and the digests.
         "stage_run_s": (finished - started).total_seconds(),
-        "train_s": float((steps["time/rollout_s"] + steps["time/update_s"]).sum()),
+        "train_s": float((steps["ppo/time/rollout_s"] + steps["ppo/time/update_s"]).sum()),
         "episodes": len(steps) * batch_size,
         "updates": len(steps),
         "produced_at": str(finished),

@@ -43,7 +43,7 @@ def flow(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     results = state.result()
     for name, result in results.items():
         how = "Cached (reused)" if result.cache_hit else f"{result.seconds:.1f} s"
-        console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.output_dir}")
+        console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.path(cfg.output_dir)}")
     print_results(cfg, results, time.perf_counter() - started)
 
 
@@ -74,7 +74,7 @@ def sweep(
     result = state.result()
     for name, value in sorted(result.metrics.items()):
         console.print(f"{name} = {value:.4g}")
-    console.print(f"[bold green]✓ sweep[/bold green] {time.perf_counter() - started:.1f} s → {result.output_dir}/overoptimization.png")
+    console.print(f"[bold green]✓ sweep[/bold green] {time.perf_counter() - started:.1f} s → {result.path(cfg.output_dir)}/overoptimization.png")
 
 
 @app.command()

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
-from minirlhf.pipeline import enabled_stages, upstream_of
+from minirlhf.pipeline import enabled_stages, plan
 from minirlhf.report import build_report
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
@@ -30,7 +30,7 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import deployment, flow_run
 
-from tasks import STAGE_TASKS, run_stage_task
+from tasks import run_stage_task
 
 # Where `minirlhf dashboard` serves (its default port); set MINIRLHF_DASHBOARD_URL when it runs elsewhere.
 DASHBOARD_URL_ENV = "MINIRLHF_DASHBOARD_URL"
@@ -41,18 +41,12 @@ HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_prox
 @flow(name="rlhf-pipeline", flow_run_name="{config.name}-seed{config.seed}")
 def rlhf_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, StageResult]:
     """Run (or reuse) every stage of the RLHF pipeline on `config` and record the run in the store."""
-    store = Store.for_output_dir(config.output_dir)
-    run_id = store.start_run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id,
-                             deployment=deployment.name, parameters={"config": config.model_dump(mode="json")})
+    store = Store.for_config(config)
     results: dict[str, StageResult] = {}
-    try:
+    with store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
+                   parameters={"config": config.model_dump(mode="json")}) as run_id:
         for name in enabled_stages(config):  # a baseline switched off (dpo.enabled: false) is not run
-            upstream = {u: results[u] for u in upstream_of(config, name)}
-            results[name] = run_stage_task(STAGE_TASKS[name], config, upstream, run_id)
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
-    store.finish_run(run_id, "completed")
+            results[name] = run_stage_task(plan(config, name, results), run_id)
     publish_summary(config, results, run_id)
     return results
 
@@ -73,7 +67,7 @@ def summary_markdown(config: PipelineConfig, results: dict[str, StageResult]) ->
     lines = [f"# RLHF pipeline `{config.name}` (seed {config.seed})", "",
              "| stage | reused | seconds | sha256 | output |", "|---|---|---:|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {'yes' if r.cache_hit else 'no'} | {r.seconds:.1f} | `{r.sha256[:12]}` | `{r.output_dir}` |")
+        lines.append(f"| {name} | {'yes' if r.cache_hit else 'no'} | {r.seconds:.1f} | `{r.sha256[:12]}` | `{r.path(config.output_dir)}` |")
     rows = policy_comparison(results["eval"].metrics) if "eval" in results else []
     if rows:
         policies = [row["policy"] for row in rows]

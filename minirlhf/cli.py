@@ -3,7 +3,7 @@
 Usage:
     minirlhf run --config configs/demo.yaml [--set ppo.kl_coef=0.02] [--stages sft,reward]
     minirlhf data preview [--config configs/demo.yaml] [-n 8]
-    minirlhf query "select name, value from metrics where name like 'rm/%'" [--format table|csv|json]
+    minirlhf query "select name, value from metrics where name like 'reward/%'" [--format table|csv|json]
     minirlhf query --file dashboards/queries/runs.sql
     minirlhf config show --config configs/demo.yaml
     minirlhf report [--output-dir artifacts] [--run <run_id>] [--sweep-run <run_id>]   # artifacts/report/report.md
@@ -69,7 +69,7 @@ def run(
 
     def report(name, result):
         how = "reused (complete output on disk)" if result.cache_hit else f"{result.seconds:.1f} s"
-        console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.output_dir}")
+        console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.path(cfg.output_dir)}")
 
     try:
         asked = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None

@@ -123,7 +123,7 @@ class RewardConfig(_Section):
     logging_steps: int = Field(10, ge=1)
     # Eisenstein et al. 2023 / TRL: keeps scores centred near zero, which PPO's value function likes.
     center_rewards_coefficient: float | None = Field(0.01, ge=0)
-    score_stats_max_pairs: int | None = Field(None, ge=2, description="training pairs scored for rm/score_mean, rm/score_std (None: all; a big reward model on CPU: a few hundred)")
+    score_stats_max_pairs: int | None = Field(None, ge=2, description="training pairs scored for reward/score_mean, reward/score_std (None: all; a big reward model on CPU: a few hundred)")
 
 
 class PPOConfig(_Section):
@@ -134,7 +134,7 @@ class PPOConfig(_Section):
     mini_batch_size: int = Field(16, ge=1)
     num_ppo_epochs: int = Field(4, ge=1)
     learning_rate: float = Field(3e-4, gt=0, le=1)
-    response_length: int = Field(24, ge=1, description="max new tokens per response")
+    max_new_tokens: int = Field(24, ge=1, description="max new tokens per response (the one generation-length name: ppo, rloo, eval)")
     temperature: float = Field(1.0, gt=0)
     kl_coef: float = Field(0.2, ge=0, description="beta of the per-token KL penalty (0.2 beats SFT on gold in the demo; 0.05 starts to over-optimise)")
     kl_estimator: Literal["k1", "k3"] = "k1"
@@ -199,7 +199,7 @@ class RLOOConfig(_Section):
     steps: int = Field(20, ge=1, description="optimiser steps, one batch of samples each")
     batch_size: int = Field(64, ge=2, description="samples per step (batch_size / num_generations prompts)")
     num_iterations: int = Field(1, ge=1, description="mu: optimiser passes over each batch of samples")
-    max_completion_length: int = Field(24, ge=1, description="max new tokens per response (as ppo.response_length)")
+    max_new_tokens: int = Field(24, ge=1, description="max new tokens per response (TRL: max_completion_length)")
     temperature: float = Field(1.0, gt=0)
     missing_eos_penalty: float | None = Field(-1.0, le=0, description="added to the score of responses without EOS (as ppo.missing_eos_penalty)")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
@@ -240,6 +240,13 @@ class DetectConfig(_Section):
     n_examples: int = Field(3, ge=1, description="example responses stored with each event")
 
 
+class StoreConfig(_Section):
+    """The results store (minirlhf/store.py). Not in any stage key: it changes where results are recorded, not them."""
+
+    lock_timeout_s: float = Field(600.0, ge=0, description="how long a write waits, with backoff, while another process "
+                                  "(a dashboard, a long query, another run) holds rlhf.duckdb, before it gives up")
+
+
 class PipelineConfig(_Section):
     """The whole pipeline. `output_dir` holds checkpoints, `rlhf.duckdb` and reports."""
 
@@ -255,6 +262,7 @@ class PipelineConfig(_Section):
     rloo: RLOOConfig = RLOOConfig()
     eval: EvalConfig = EvalConfig()
     detect: DetectConfig = DetectConfig()
+    store: StoreConfig = StoreConfig()
 
     def section_json(self, *sections: str, exclude: dict[str, set[str]] | None = None) -> str:
         """Canonical JSON of some sections (less the `exclude`d fields, {"model": {"reward_backbone"}}): the part

@@ -154,7 +154,7 @@ def is_degenerate(response: str, max_repeat_fraction: float = 0.5) -> bool:
 
 def degenerate_repetition(metrics, samples, policy, cfg) -> list[FailureEvent]:
     flagged = [is_degenerate(s["response"]) for s in samples]
-    baseline_rate = metrics.get(f"detect/{BASELINE}/degenerate_rate", 0.0)
+    baseline_rate = metrics.get(f"eval/{BASELINE}/degenerate_rate", 0.0)
     rate = sum(flagged) / max(len(flagged), 1)
     if rate - baseline_rate <= cfg.degenerate_increase:
         return []
@@ -170,7 +170,7 @@ CURVE_DETECTORS = (curve_overoptimization, kl_spikes)
 
 def degenerate_rates(samples_by_policy: dict[str, list[dict]]) -> dict[str, float]:
     """`detect/<policy>/degenerate_rate` for every policy (a metric in its own right, and SFT's is the baseline)."""
-    return {f"detect/{p}/degenerate_rate": sum(is_degenerate(s["response"]) for s in samples) / max(len(samples), 1)
+    return {f"eval/{p}/degenerate_rate": sum(is_degenerate(s["response"]) for s in samples) / max(len(samples), 1)
             for p, samples in samples_by_policy.items()}
 
 

@@ -19,7 +19,6 @@ checkpoint with its tokenizer (LoRA adapters merged), which the eval stage loads
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -79,7 +78,6 @@ def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path, l
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
         result.metrics["dpo/seconds"] = result.seconds
-        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from minirlhf.config import PipelineConfig
-from minirlhf.data.gold import is_refusal
+from minirlhf.data.gold import gold_or_none, is_refusal
 from minirlhf.data.task import read_jsonl
 from minirlhf.detect import degenerate_rates, detect_failures
 from minirlhf.models import load_policy, load_reward_model, resolve_device
-from minirlhf.ppo import core
-from minirlhf.ppo.trainer import CURVE, decode_responses, encode_prompts, gold_or_none, position_ids_from, read_curve, sample_responses, sampling_config
+from minirlhf.generation import decode_responses, encode_prompts, sample_responses, sampling_config, sequence_logprob
+from minirlhf.ppo.trainer import CURVE, read_curve
 from minirlhf.reward import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 
@@ -47,15 +47,6 @@ def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int
         response_ids, mask, has_eos = sample_responses(policy, tokenizer, query_ids, query_mask, gen)
         out.append((decode_responses(tokenizer, response_ids, mask), response_ids, mask, has_eos, query_ids, query_mask))
     return out
-
-
-@torch.no_grad()
-def sequence_logprob(model, query_ids, query_mask, response_ids, response_mask, temperature: float) -> torch.Tensor:
-    input_ids = torch.cat([query_ids, response_ids], 1)
-    attention_mask = torch.cat([query_mask, (response_mask > 0).long()], 1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from(attention_mask)).logits
-    logits = logits[:, query_ids.shape[1] - 1 : -1] / temperature
-    return core.masked_sum(core.logprobs_from_logits(logits, response_ids), response_mask, dim=1)  # (batch,)
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -130,7 +121,7 @@ def run_eval(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, policies: di
     events = detect_failures(metrics, all_samples, curves, cfg.detect)
     metrics |= degenerate_rates(all_samples)
     for name in all_samples:
-        metrics[f"detect/{name}/failure_events"] = float(sum(e.policy == name for e in events))
+        metrics[f"eval/{name}/failure_events"] = float(sum(e.policy == name for e in events))
     for e in events:
         log.warning("failure event: %s (%s)", e.message, e.kind)
         logger.log_failure_event(e.kind, e.message, step=e.step, severity=e.severity,

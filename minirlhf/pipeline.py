@@ -1,118 +1,143 @@
-"""Run the stages in order without an orchestrator, skipping those whose output is already complete.
+"""The stages, their keys, and running them: plan a stage, then reuse its complete output or compute it.
 
 Usage:
     from minirlhf.config import load_config
-    from minirlhf.pipeline import run_pipeline
-    results = run_pipeline(load_config("configs/demo.yaml"))   # {"data": StageResult, "sft": ..., "reward": ...}
-    enabled_stages(cfg)   # STAGES less the baselines switched off (`dpo.enabled: false`, `rloo.enabled: false`)
+    from minirlhf.pipeline import run_pipeline, plan, run_stage
+    results = run_pipeline(load_config("configs/demo.yaml"))     # {"data": StageResult, "sft": ..., ...}
 
-This is what `minirlhf run` calls. The Prefect flow (flows/) wires the same stage functions as cached,
-retried tasks; both find a stage's output at `<output_dir>/<stage>/<key>` and trust the files, not a cache.
+    spec = plan(cfg, "sft", {"data": results["data"]})          # key (computed once), output dir, inputs
+    result = run_stage(spec, store, run_id)                     # reuse the verified output or compute it
+
+`minirlhf run` calls `run_pipeline`; the Prefect flow (flows/) calls `plan` and `run_stage` through one cached
+task per stage, with `spec.key` as its cache key. Both find a stage's output at `<output_dir>/<stage>/<key>`
+and trust the files, not a cache. `stage_key` is the one place a key is computed: the stage's name, the
+config sections it reads (and the seed), its code version (the sha256 of the package files in `Stage.code`),
+the digests of its upstream outputs and the content digests of every outside input it reads (minirlhf.inputs).
 Every run, stage, metric and artifact is recorded in the DuckDB store at `<output_dir>/rlhf.duckdb`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import logging
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 from filelock import FileLock
 
 from minirlhf.config import PipelineConfig
-from minirlhf.stage import StageResult, is_complete, stage_key
-from minirlhf.store import Store
+from minirlhf.inputs import external_inputs
+from minirlhf.stage import StageResult, load_output
+from minirlhf.store import Store, StoreLogger
 
 log = logging.getLogger("minirlhf")
 
-ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep"}
-STAGES = ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
+PACKAGE_DIR = Path(__file__).resolve().parent
 POLICY_STAGES = ("ppo", "dpo", "rloo")  # what the eval stage compares with SFT, when enabled
+ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep"}  # the others: "checkpoint"
 
 
-class StoreLogger:
-    """A MetricLogger bound to one stage run of the store."""
+@dataclass(frozen=True)
+class Stage:
+    """A stage: the config sections its output depends on, the stages it reads, its function and its code.
 
-    def __init__(self, store: Store, stage_run_id: str):
-        self.store, self.stage_run_id = store, stage_run_id
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        self.store.log_metrics(self.stage_run_id, metrics, step=step)
-
-    def log_samples(self, rows: list[dict], step: int = 0, policy: str | None = None) -> None:
-        self.store.log_samples(self.stage_run_id, rows, step=step, policy=policy)
-
-    def log_failure_event(self, kind: str, message: str, **kwargs) -> None:
-        self.store.log_failure_event(self.stage_run_id, kind, message, **kwargs)
-
-
-@dataclass
-class StagePlan:
-    """What a stage needs: the config sections its output depends on, its upstream stages, how to run it."""
+    `entry` ("module:function") is imported only when the stage computes, so planning and a fully cached run
+    never import torch. `code` lists the package files that compute the output (paths under minirlhf/): their
+    bytes are the stage's code version, so editing one recomputes the stage and what is below it
+    (tests/test_keys.py checks the list covers every module the entry imports). `retries`: attempts after
+    the first that an orchestrator may make, each passed to the function as `attempt`."""
 
     name: str
     sections: tuple[str, ...]
     upstream: tuple[str, ...]
-    run: Callable[..., StageResult]  # run(cfg, upstream_dirs: dict[str, Path], out_dir, logger)
+    entry: str
+    code: tuple[str, ...]
+    retries: int = 0
+
+    def function(self) -> Callable[..., StageResult]:
+        module, name = self.entry.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def _run_data(cfg, up, out, logger):
-    from minirlhf.data.prepare import run_data
+GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold annotator and the facts it reads
+TRAINING = ("training.py", "models.py", "data/task.py", *GOLD)  # what the TRL stages share (task.py imports gold)
+SAMPLING = ("generation.py", "reward.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
 
-    return run_data(cfg, out)
-
-
-def _run_sft(cfg, up, out, logger):
-    from minirlhf.sft import run_sft
-
-    return run_sft(cfg, up["data"], out, logger)
-
-
-def _run_reward(cfg, up, out, logger):
-    from minirlhf.reward import run_reward
-
-    return run_reward(cfg, up["data"], up.get("sft"), out, logger)
-
-
-def _run_ppo(cfg, up, out, logger):
-    from minirlhf.ppo.trainer import run_ppo
-
-    return run_ppo(cfg, up["data"], up["sft"], up["reward"], out, logger)
-
-
-def _run_dpo(cfg, up, out, logger):
-    from minirlhf.dpo import run_dpo
-
-    return run_dpo(cfg, up["data"], up["sft"], out, logger)
-
-
-def _run_rloo(cfg, up, out, logger):
-    from minirlhf.rloo import run_rloo
-
-    return run_rloo(cfg, up["data"], up["sft"], up["reward"], out, logger)
-
-
-def _run_eval(cfg, up, out, logger):
-    from minirlhf.evaluate import run_eval
-
-    policies = {"sft": up["sft"], **{name: up[name] for name in POLICY_STAGES if name in up}}
-    return run_eval(cfg, up["data"], up["reward"], policies, out, logger)
-
-
-PLANS = {
-    "data": StagePlan("data", ("data",), (), _run_data),
-    # `seed` is in every key via the top level; the model section decides the base model.
-    "sft": StagePlan("sft", ("model", "sft"), ("data",), _run_sft),
-    "reward": StagePlan("reward", ("model", "reward"), ("data", "sft"), _run_reward),
-    "ppo": StagePlan("ppo", ("model", "ppo"), ("data", "sft", "reward"), _run_ppo),
-    "dpo": StagePlan("dpo", ("model", "dpo"), ("data", "sft"), _run_dpo),
-    "rloo": StagePlan("rloo", ("model", "rloo"), ("data", "sft", "reward"), _run_rloo),
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("data", ("data",), (), "minirlhf.data.prepare:run_data",
+          ("data/prepare.py", "data/task.py", "data/hh.py", *GOLD)),
+    # `seed` is in every key through the top level; the model section decides the base model.
+    Stage("sft", ("model", "sft"), ("data",), "minirlhf.sft:run_sft", ("sft.py", *TRAINING)),
+    Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward", ("reward.py", *TRAINING, *GOLD)),
+    Stage("ppo", ("model", "ppo"), ("data", "sft", "reward"), "minirlhf.ppo.trainer:run_ppo",
+          ("ppo/trainer.py", *SAMPLING, *TRAINING), retries=2),
+    Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "reward.py", *TRAINING)),
+    Stage("rloo", ("model", "rloo"), ("data", "sft", "reward"), "minirlhf.rloo:run_rloo",
+          ("rloo.py", "dpo.py", *SAMPLING, *TRAINING)),
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
-    "eval": StagePlan("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), _run_eval),
-}
+    Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
+          ("evaluate.py", "detect.py", "ppo/trainer.py", *SAMPLING, *TRAINING)),
+    # The over-optimisation sweep: its upstream are one eval output per kl_coef (plan_sweep), not pipeline stages.
+    Stage("sweep", (), (), "minirlhf.sweep:run_sweep", ("sweep.py", "gao.py", "plots.py")),
+)}
+PIPELINE = ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")  # the stages of one run, in order
+
+# Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
+# another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).
+KEYED_ONLY_BY = {("model", "reward_backbone"): "reward"}
+
+
+# ---- the key -----------------------------------------------------------------------------------------------
+@cache  # per process: the code that runs is the code imported when the process started
+def code_version(stage: str) -> str:
+    """sha256 of the bytes of the stage's code files (minirlhf.pipeline.STAGES[stage].code)."""
+    digest = hashlib.sha256()
+    for rel in sorted(set(STAGES[stage].code)):
+        digest.update(rel.encode() + b"\0" + (PACKAGE_DIR / rel).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def stage_config_json(cfg: PipelineConfig, name: str, by_content: tuple[str, ...] = ()) -> str:
+    """The part of the config a stage's output depends on: its sections and the seed, less the fields only another
+    stage reads and the `by_content` fields (paths the key holds by the content digest of what they point at)."""
+    exclude: dict[str, set[str]] = {}
+    for (section, fld), owner in KEYED_ONLY_BY.items():
+        if owner != name:
+            exclude.setdefault(section, set()).add(fld)
+    for dotted in by_content:
+        section, fld = dotted.split(".", 1)
+        exclude.setdefault(section, set()).add(fld)
+    return cfg.section_json(*STAGES[name].sections, exclude=exclude) + f'{{"seed": {cfg.seed}}}'
+
+
+def stage_key(name: str, config_json: str, upstream_digests: list[str], inputs: dict[str, str]) -> str:
+    """A stage's identity; same key, same output at `<output_dir>/<stage>/<key>`. Everything it hashes: the stage's
+    name and code version, the config it reads, the digests of the outputs it reads and of its outside inputs."""
+    payload = json.dumps([name, code_version(name), config_json, list(upstream_digests), sorted(inputs.items())])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ---- planning ----------------------------------------------------------------------------------------------
+@dataclass
+class StageSpec:
+    """One stage of one config, planned: its key (computed once), its output dir and its function's inputs."""
+
+    name: str
+    cfg: PipelineConfig
+    key: str
+    inputs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the stage function: {"data_dir": ...}
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir) / self.name / self.key
+
+    def find_output(self) -> StageResult | None:
+        """The verified complete output on disk (manifest, marker, key), else None."""
+        return load_output(self.out_dir)
 
 
 def is_enabled(cfg: PipelineConfig, name: str) -> bool:
@@ -121,7 +146,7 @@ def is_enabled(cfg: PipelineConfig, name: str) -> bool:
 
 
 def enabled_stages(cfg: PipelineConfig) -> tuple[str, ...]:
-    return tuple(name for name in STAGES if is_enabled(cfg, name))
+    return tuple(name for name in PIPELINE if is_enabled(cfg, name))
 
 
 def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
@@ -129,81 +154,93 @@ def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
     the eval stage does not wait for (or compare) a disabled baseline."""
     if name == "reward" and cfg.model.reward_backbone != "sft":
         return ("data",)
-    return tuple(u for u in PLANS[name].upstream if is_enabled(cfg, u))
+    return tuple(u for u in STAGES[name].upstream if is_enabled(cfg, u))
 
 
-# Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
-# another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).
-KEYED_ONLY_BY = {("model", "reward_backbone"): "reward"}
+def plan(cfg: PipelineConfig, name: str, results: dict[str, StageResult]) -> StageSpec:
+    """The spec of stage `name` given the results of the stages before it (at least its upstream)."""
+    upstream = upstream_of(cfg, name)
+    outside = external_inputs(cfg, name)  # {"data.hh_path": "sha256:..."}: keyed by content, not by path
+    key = stage_key(name, stage_config_json(cfg, name, tuple(outside)), [results[u].sha256 for u in upstream], outside)
+    dirs = {u: results[u].path(cfg.output_dir) for u in upstream}
+    if name == "eval":
+        inputs = {"data_dir": dirs["data"], "reward_dir": dirs["reward"],
+                  "policies": {p: dirs[p] for p in ("sft", *POLICY_STAGES) if p in dirs}}
+    else:  # `<upstream>_dir`; an upstream this config does without (reward's SFT on another backbone) is None
+        inputs = {f"{u}_dir": dirs.get(u) for u in STAGES[name].upstream}
+    return StageSpec(name, cfg, key, inputs)
 
 
-def stage_config_json(cfg: PipelineConfig, name: str) -> str:
-    """The part of the config a stage's output depends on: its sections (less fields only another stage reads), seed."""
-    exclude: dict[str, set[str]] = {}
-    for (section, field), owner in KEYED_ONLY_BY.items():
-        if owner != name:
-            exclude.setdefault(section, set()).add(field)
-    return cfg.section_json(*PLANS[name].sections, exclude=exclude) + f'{{"seed": {cfg.seed}}}'
+def plan_sweep(cfg: PipelineConfig, evals: dict[float, StageResult]) -> StageSpec:
+    """The sweep's spec: one eval output per kl_coef; its key covers the coefficients and every eval digest."""
+    coefs = sorted(evals, reverse=True)
+    key = stage_key("sweep", json.dumps(coefs), [evals[c].sha256 for c in coefs], {})
+    return StageSpec("sweep", cfg, key, {"evals": {c: evals[c].path(cfg.output_dir) for c in coefs}})
 
 
-def stage_dir(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult]) -> tuple[str, Path]:
-    config_json = stage_config_json(cfg, name)
-    key = stage_key(name, config_json, [upstream[u].sha256 for u in upstream_of(cfg, name)])
-    return key, Path(cfg.output_dir) / name / key
+def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...] | None = None) -> list[str]:
+    """The stages asked for (default: every enabled one) plus everything upstream of them, in pipeline order.
+    Raises ValueError for an unknown or disabled stage: call it before anything is recorded."""
+    stages = enabled_stages(cfg) if stages is None else stages
+    if not stages:
+        raise ValueError(f"no stages asked for; choose from {', '.join(PIPELINE)}")
+    unknown = sorted(set(stages) - set(PIPELINE))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(PIPELINE)}")
+    disabled = [name for name in stages if not is_enabled(cfg, name)]
+    if disabled:
+        raise ValueError(f"stage(s) {', '.join(disabled)} are disabled in this config; leave them out of the stages "
+                         f"asked for, or enable them (--set {disabled[0]}.enabled=true)")
+    needed = set(stages)
+    for name in reversed(PIPELINE):
+        if name in needed:
+            needed |= set(upstream_of(cfg, name))
+    return [n for n in PIPELINE if n in needed]
 
 
-@contextmanager
-def recorded_stage(store: Store, run_id: str, name: str, cfg: PipelineConfig, out: Path, *, cache_key: str,
-                   cache_hit: bool, attempt: int = 1, task_run_id: str | None = None) -> Iterator[str]:
-    """One row in stage_runs: 'completed', or 'failed' with the exception as its cause (then re-raised)."""
-    stage_run_id = store.start_stage(run_id, name, config=cfg.model_dump(mode="json"), cache_key=cache_key,
-                                     cache_hit=cache_hit, attempt=attempt, task_run_id=task_run_id, output_dir=str(out))
-    try:
-        yield stage_run_id
-    except BaseException as exc:
-        store.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish_stage(stage_run_id, "completed")
-
-
-def log_result(store: Store, stage_run_id: str, name: str, result: StageResult) -> None:
-    """A stage's summary metrics (at its last step) and its output directory with its digest."""
-    store.log_metrics(stage_run_id, result.metrics, step=result.step)
-    store.log_artifact(stage_run_id, ARTIFACT_KINDS.get(name, "checkpoint"), result.output_dir, sha256=result.sha256)
-
-
-def run_stage(cfg: PipelineConfig, name: str, upstream: dict[str, StageResult], store: Store, run_id: str,
-              attempt: int = 1, *, cache_key: str | None = None, task_run_id: str | None = None,
-              run: Callable[..., StageResult] | None = None) -> StageResult:
-    """Run one stage (or reuse its complete output) and record it in the store. An orchestrator passes its
-    own cache key, task run id and attempt; `run` replaces the plan's runner (e.g. PPO with a scaled lr)."""
-    key, out = stage_dir(cfg, name, upstream)
-    inputs = {u: Path(upstream[u].output_dir) for u in upstream_of(cfg, name)}
-    return reuse_or_run(store, run_id, name, cfg, out, lambda logger: (run or PLANS[name].run)(cfg, inputs, out, logger),
-                        cache_key=cache_key or key, attempt=attempt, task_run_id=task_run_id)
-
-
-def reuse_or_run(store: Store, run_id: str, name: str, cfg: PipelineConfig, out: Path,
-                 compute: Callable[[StoreLogger], StageResult], *, cache_key: str, attempt: int = 1,
-                 task_run_id: str | None = None, on_reuse: Callable[[StoreLogger], None] | None = None) -> StageResult:
-    """The protocol of every stage output: under its lock, reuse `out` if it is complete (then `on_reuse` may log
-    again what the computing run logged per step), else `compute(logger)` it; one stage_runs row either way."""
-    with stage_lock(out):
-        cached = is_complete(out)
-        with recorded_stage(store, run_id, name, cfg, out, cache_key=cache_key, cache_hit=cached, attempt=attempt,
-                            task_run_id=task_run_id) as stage_run_id:
-            logger = StoreLogger(store, stage_run_id)
-            if cached:
-                result = StageResult.from_dir(out)
+# ---- running -----------------------------------------------------------------------------------------------
+def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1, task_run_id: str | None = None) -> StageResult:
+    """The protocol of every stage output: under its lock, reuse the verified output if there is one, else compute
+    it; one stage_runs row either way ('failed' with the cause if computing raises)."""
+    stage = STAGES[spec.name]
+    with stage_lock(spec.out_dir):
+        result = spec.find_output()
+        with store.stage_run(run_id, spec.name, config=spec.cfg.model_dump(mode="json"), cache_key=spec.key,
+                             cache_hit=result is not None, attempt=attempt, task_run_id=task_run_id,
+                             output_dir=spec.out_dir) as logger:
+            if result is not None:
                 result.cache_hit = True
-                log.info("%s: complete output found at %s, skipped", name, out)
-                if on_reuse is not None:
-                    on_reuse(logger)
+                log.info("%s: complete output found at %s, reused", spec.name, spec.out_dir)
             else:
-                log.info("%s: running (attempt %d) -> %s", name, attempt, out)
-                result = compute(logger)
-            log_result(store, stage_run_id, name, result)
+                log.info("%s: computing (attempt %d) -> %s", spec.name, attempt, spec.out_dir)
+                extra = {"attempt": attempt} if stage.retries else {}
+                result = stage.function()(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
+            log_result(logger, spec, result)
+    result.run_id = run_id
     return result
+
+
+def record_reuse(spec: StageSpec, store: Store, run_id: str, task_run_id: str | None = None,
+                 found: StageResult | None = None) -> StageResult:
+    """Record in `run_id` a stage an orchestrator answered from its own cache, from the verified output on disk
+    (`found`, when the caller verified it already): the files are the truth; the cached record only told the
+    orchestrator not to run the stage."""
+    result = found or spec.find_output()
+    if result is None:
+        raise FileNotFoundError(f"{spec.name}: no complete output at {spec.out_dir} for a cached result; "
+                                "rerun the stage (its files were removed or changed after it was planned)")
+    with store.stage_run(run_id, spec.name, config=spec.cfg.model_dump(mode="json"), cache_key=spec.key,
+                         cache_hit=True, task_run_id=task_run_id, output_dir=spec.out_dir) as logger:
+        log_result(logger, spec, result)
+    result.cache_hit, result.run_id = True, run_id
+    return result
+
+
+def log_result(logger: StoreLogger, spec: StageSpec, result: StageResult) -> None:
+    """A stage's summary metrics (at its last step) and its output directory with its digest."""
+    logger.log_metrics(result.metrics, step=result.step)
+    logger.store.log_artifact(logger.stage_run_id, ARTIFACT_KINDS.get(spec.name, "checkpoint"), spec.out_dir,
+                              sha256=result.sha256)
 
 
 def stage_lock(out: Path) -> FileLock:
@@ -213,38 +250,15 @@ def stage_lock(out: Path) -> FileLock:
     return FileLock(out.parent / f".{out.name}.lock")
 
 
-def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...]) -> list[str]:
-    """The stages asked for plus everything upstream of them, in pipeline order."""
-    unknown = set(stages) - set(PLANS)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
-    disabled = [name for name in stages if not is_enabled(cfg, name)]
-    if disabled:
-        raise ValueError(f"stage(s) {disabled} are disabled in this config; leave them out of the stages asked for, "
-                         f"or enable them (--set {disabled[0]}.enabled=true)")
-    needed = set(stages)
-    for name in reversed(STAGES):
-        if name in needed:
-            needed |= set(upstream_of(cfg, name))
-    return [n for n in STAGES if n in needed]
-
-
 def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] | None = None, store: Store | None = None,
                  on_stage: Callable[[str, StageResult], None] | None = None) -> dict[str, StageResult]:
     """Run `stages` (default: every enabled stage) and what they need, reusing complete outputs."""
-    stages = enabled_stages(cfg) if stages is None else stages
-    store = store or Store.for_output_dir(cfg.output_dir)
-    run_id = store.start_run(cfg.model_dump(mode="json"))
+    names = needed_stages(cfg, stages)  # a bad --stages fails here, before the store records a run
+    store = store or Store.for_config(cfg)
     results: dict[str, StageResult] = {}
-    started = time.perf_counter()
-    try:
-        for name in needed_stages(cfg, stages):
-            results[name] = run_stage(cfg, name, results, store, run_id)
+    with store.run(cfg.model_dump(mode="json")) as run_id:
+        for name in names:
+            results[name] = run_stage(plan(cfg, name, results), store, run_id)
             if on_stage:
                 on_stage(name, results[name])
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
-    store.finish_run(run_id, "completed")
-    log.info("pipeline finished in %.1f s (run %s)", time.perf_counter() - started, run_id)
     return results

@@ -41,14 +41,14 @@ SEVERITY_ORDER = ("critical", "error", "warning", "info")
 RUN_HINT = "minirlhf run --config configs/demo.yaml"
 SWEEP_HINT = "minirlhf sweep --config configs/demo.yaml"
 RM_METRICS = {  # name in the store -> what it measures (minirlhf/reward.py)
-    "rm/accuracy": "held-out pairwise accuracy against the (noisy) preference labels",
-    "rm/label_ceiling": "how often the noiseless gold choice agrees with those labels: the best accuracy possible",
-    "rm/accuracy_gold": "pairwise accuracy against the gold annotator's choice",
-    "rm/margin": "mean score(chosen) - score(rejected)",
-    "rm/length_corr": "Pearson correlation of the score with response length (words): a length bias",
-    "rm/gold_corr": "Pearson correlation of the score with the gold score",
-    "rm/filler_effect": "mean score change from appending the filler phrase (the spurious feature)",
-    "rm/n_test_pairs": "held-out pairs scored",
+    "reward/accuracy": "held-out pairwise accuracy against the (noisy) preference labels",
+    "reward/label_ceiling": "how often the noiseless gold choice agrees with those labels: the best accuracy possible",
+    "reward/accuracy_gold": "pairwise accuracy against the gold annotator's choice",
+    "reward/margin": "mean score(chosen) - score(rejected)",
+    "reward/length_corr": "Pearson correlation of the score with response length (words): a length bias",
+    "reward/gold_corr": "Pearson correlation of the score with the gold score",
+    "reward/filler_effect": "mean score change from appending the filler phrase (the spurious feature)",
+    "reward/n_test_pairs": "held-out pairs scored",
 }
 COMPARISON_COLUMNS = {  # v_policy_comparison column -> header; all-empty columns are dropped
     "proxy_reward": "proxy reward", "gold_reward": "gold reward", "kl": "KL to SFT",
@@ -58,7 +58,7 @@ COMPARISON_COLUMNS = {  # v_policy_comparison column -> header; all-empty column
 }
 # Per-step training metrics worth a panel, best first; bookkeeping ones (lr schedule, epoch, token counts) are not.
 CURVE_PRIORITY = ("loss", "accurac", "margin", "reward", "kl", "entropy", "score")
-CURVE_SECONDARY = ("max", "min", "std")  # rm/train_max_reward and the like: after the means they spread around
+CURVE_SECONDARY = ("max", "min", "std")  # reward/train_max_reward and the like: after the means they spread around
 CURVE_SKIP = ("epoch", "learning_rate", "grad_norm", "num_tokens", "runtime", "per_second", "flos", "time/", "seconds")
 MAX_CURVE_PANELS = 6
 NON_TRAINING_STAGES = ("data", "ppo", "eval", "sweep")  # ppo has its own figure; the others have no steps
@@ -179,11 +179,11 @@ def section_reward_model(store: Store, run_id: str, figures: Path) -> str:
         return "\n".join(lines + [_missing("reward-model metrics", f"{RUN_HINT} --stages reward")])
     values = dict(zip(metrics["name"], metrics["value"]))
     lines.append(_table(["metric", "value", "what it measures"],
-                        [(f"`{n}`", _num(values[n], 0 if n == "rm/n_test_pairs" else 3), RM_METRICS[n])
+                        [(f"`{n}`", _num(values[n], 0 if n == "reward/n_test_pairs" else 3), RM_METRICS[n])
                          for n in names if n in values]))
-    if "rm/accuracy" in values and "rm/label_ceiling" in values:
-        lines += ["", f"Accuracy {_num(values['rm/accuracy'])} against a label ceiling of "
-                      f"{_num(values['rm/label_ceiling'])}: the labels are noisy, so no model can reach 1."]
+    if "reward/accuracy" in values and "reward/label_ceiling" in values:
+        lines += ["", f"Accuracy {_num(values['reward/accuracy'])} against a label ceiling of "
+                      f"{_num(values['reward/label_ceiling'])}: the labels are noisy, so no model can reach 1."]
 
     by_intent = store.query("""
         SELECT a.intent, arg_max(a.accuracy, s.started_at) AS accuracy  -- a retried stage: its newest attempt
@@ -211,7 +211,7 @@ def plot_accuracy_by_intent(by_intent: pd.DataFrame, values: dict, path: Path) -
     ax = fig.subplots()
     bars = ax.bar(by_intent["intent"], by_intent["accuracy"], color="tab:blue", alpha=0.8)
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    for name, style, label in (("rm/accuracy", "-", "overall accuracy"), ("rm/label_ceiling", "--", "label ceiling")):
+    for name, style, label in (("reward/accuracy", "-", "overall accuracy"), ("reward/label_ceiling", "--", "label ceiling")):
         if name in values and _is_number(values[name]):
             ax.axhline(values[name], color="black", ls=style, lw=1, label=f"{label} {values[name]:.2f}")
     ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance 0.50")

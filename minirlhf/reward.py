@@ -3,7 +3,7 @@ then a held-out evaluation of what the model learned.
 
 Usage:
     from minirlhf.reward import run_reward, score_texts
-    result = run_reward(cfg, data_dir, sft_dir, out_dir)          # StageResult with rm/* metrics
+    result = run_reward(cfg, data_dir, sft_dir, out_dir)          # StageResult with reward/* metrics
     scores = score_texts(model, tokenizer, prompts, responses)    # (batch,) exactly as in training
 
 `score_texts` is the one scoring function of the project (PPO, RLOO and evaluation use it): it scores
@@ -11,14 +11,14 @@ Usage:
 the EOS skews the scores (seen with TRL 1.16: about -1.1..-2.2 instead of +0.88 for the same text).
 
 Held-out metrics (names as stored in DuckDB):
-  rm/accuracy          agreement with the (noisy) held-out labels
-  rm/label_ceiling     how often the noiseless gold choice agrees with those same labels (embedded task)
-  rm/accuracy_gold     agreement with the gold annotator's choice
-  rm/margin            mean score(chosen) - score(rejected)
-  rm/accuracy/<intent> accuracy per intent
-  rm/length_corr       Pearson correlation of score with response length (words)
-  rm/gold_corr         Pearson correlation of score with the gold score
-  rm/filler_effect     mean score change from appending the filler phrase (the spurious feature)
+  reward/accuracy          agreement with the (noisy) held-out labels
+  reward/label_ceiling     how often the noiseless gold choice agrees with those same labels (embedded task)
+  reward/accuracy_gold     agreement with the gold annotator's choice
+  reward/margin            mean score(chosen) - score(rejected)
+  reward/accuracy/<intent> accuracy per intent
+  reward/length_corr       Pearson correlation of score with response length (words)
+  reward/gold_corr         Pearson correlation of score with the gold score
+  reward/filler_effect     mean score change from appending the filler phrase (the spurious feature)
 """
 
 from __future__ import annotations
@@ -80,31 +80,31 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], max_length: int = 512) -
     rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length)
     correct = (chosen > rejected).float()
     metrics = {
-        "rm/accuracy": float(correct.mean()),
-        "rm/margin": float((chosen - rejected).mean()),
-        "rm/n_test_pairs": float(len(pairs)),
+        "reward/accuracy": float(correct.mean()),
+        "reward/margin": float((chosen - rejected).mean()),
+        "reward/n_test_pairs": float(len(pairs)),
     }
     for intent in sorted({p.get("intent", "all") for p in pairs}):
         idx = [i for i, p in enumerate(pairs) if p.get("intent", "all") == intent]
-        metrics[f"rm/accuracy/{intent}"] = float(correct[idx].mean())
+        metrics[f"reward/accuracy/{intent}"] = float(correct[idx].mean())
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     all_scores = torch.cat([chosen, rejected]).tolist()
-    metrics["rm/length_corr"] = _pearson(all_scores, [float(len(r.split())) for r in responses])
+    metrics["reward/length_corr"] = _pearson(all_scores, [float(len(r.split())) for r in responses])
     if all("gold_chosen" in p for p in pairs):
         gold_c = torch.tensor([p["gold_chosen"] for p in pairs])
         gold_r = torch.tensor([p["gold_rejected"] for p in pairs])
         decided = gold_c != gold_r  # gold ties have no noiseless choice
         gold_prefers_chosen = gold_c > gold_r
         # The ceiling: a perfect model of the gold annotator still disagrees with the noisy labels this often.
-        metrics["rm/label_ceiling"] = float(torch.where(decided, gold_prefers_chosen.float(), torch.full_like(gold_c, 0.5)).mean())
-        metrics["rm/accuracy_gold"] = float(((chosen > rejected) == gold_prefers_chosen)[decided].float().mean())
-        metrics["rm/gold_corr"] = _pearson(all_scores, torch.cat([gold_c, gold_r]).tolist())
+        metrics["reward/label_ceiling"] = float(torch.where(decided, gold_prefers_chosen.float(), torch.full_like(gold_c, 0.5)).mean())
+        metrics["reward/accuracy_gold"] = float(((chosen > rejected) == gold_prefers_chosen)[decided].float().mean())
+        metrics["reward/gold_corr"] = _pearson(all_scores, torch.cat([gold_c, gold_r]).tolist())
         # The spurious feature: what appending the filler phrase does to the score of answers without it.
         plain = [(p["prompt"], p["chosen"]) for p in pairs if FILLER not in p["chosen"]]
         if plain:
             before = score_texts(model, tokenizer, [a for a, _ in plain], [b for _, b in plain], max_length=max_length)
             after = score_texts(model, tokenizer, [a for a, _ in plain], [f"{b} {FILLER}" for _, b in plain], max_length=max_length)
-            metrics["rm/filler_effect"] = float((after - before).mean())
+            metrics["reward/filler_effect"] = float((after - before).mean())
     rows = [
         {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "intent": p.get("intent"),
          "score_chosen": float(c), "score_rejected": float(r), "gold_chosen": p.get("gold_chosen"), "gold_rejected": p.get("gold_rejected")}
@@ -158,7 +158,7 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
             args=args,
             train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
             processing_class=tokenizer,
-            callbacks=[LogToStore("rm/train_{}", logger, result.history)],
+            callbacks=[LogToStore("reward/train_{}", logger, result.history)],
             # LoRA: adapters plus a fully trained score head (peft's SEQ_CLS keeps 'score'/'classifier' trainable)
             peft_config=lora_config(cfg.model.lora, "SEQ_CLS"),
         )
@@ -168,20 +168,19 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
         scored = train[: cfg.reward.score_stats_max_pairs]  # None: all of them
         train_scores = score_texts(model, tokenizer, [r["prompt"] for r in scored], [r["chosen"] for r in scored], max_length=cfg.reward.max_length)
         metrics |= {
-            "rm/train_loss_mean": float(output.training_loss),
-            "rm/steps": float(output.global_step),
-            "rm/train_pairs": float(len(train)),
-            "rm/trainable_params": float(trainable),
-            "rm/train_pairs_truncated": float(n_truncated),
-            "rm/pairs_dropped_too_long": float(n_dropped + n_test_dropped),
-            "rm/score_mean": float(train_scores.mean()),
-            "rm/score_std": float(train_scores.std()),
+            "reward/train_loss_mean": float(output.training_loss),
+            "reward/steps": float(output.global_step),
+            "reward/train_pairs": float(len(train)),
+            "reward/trainable_params": float(trainable),
+            "reward/train_pairs_truncated": float(n_truncated),
+            "reward/pairs_dropped_too_long": float(n_dropped + n_test_dropped),
+            "reward/score_mean": float(train_scores.mean()),
+            "reward/score_std": float(train_scores.std()),
         }
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
-        metrics["rm/seconds"] = result.seconds
+        metrics["reward/seconds"] = result.seconds
         result.metrics = metrics
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         with open(tmp / "eval_pairs.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)

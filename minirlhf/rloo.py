@@ -24,7 +24,6 @@ rloo/eos_rate. Summary: the last step's values plus rloo/steps, rloo/seconds.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -37,10 +36,10 @@ from transformers import set_seed
 from trl import RLOOConfig, RLOOTrainer
 
 from minirlhf.config import PipelineConfig
+from minirlhf.data.gold import gold_or_none
 from minirlhf.data.task import read_jsonl
 from minirlhf.dpo import last_logged
 from minirlhf.models import load_policy, load_reward_model, lora_config, resolve_device
-from minirlhf.ppo.trainer import gold_or_none
 from minirlhf.reward import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import LogToStore, train_and_save, trainer_common_args
@@ -95,7 +94,7 @@ def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
         num_generations=r.num_generations,
         beta=r.beta,
         num_iterations=r.num_iterations,
-        max_completion_length=r.max_completion_length,
+        max_completion_length=r.max_new_tokens,
         temperature=r.temperature,
         top_k=0, top_p=1.0,  # pure sampling, as PPO's rollout: the policy gradient assumes it
         max_grad_norm=r.max_grad_norm,
@@ -137,6 +136,5 @@ def run_rloo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Pat
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
         result.metrics["rloo/seconds"] = result.seconds
-        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result

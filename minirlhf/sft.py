@@ -7,12 +7,11 @@ Usage:
 
 With `model.policy = "tiny"` the base model is built here from scratch (a BPE tokenizer trained on the
 task corpus plus a small GPT-2); otherwise it is loaded by hub id, directory or packaged name.
-The output directory is a `save_pretrained` checkpoint (model + tokenizer), `metrics.json`, the manifest.
+The output directory is a `save_pretrained` checkpoint (model + tokenizer), its record and manifest (minirlhf.stage).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -77,6 +76,5 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
         result.metrics["sft/seconds"] = result.seconds
-        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result

@@ -19,7 +19,6 @@ Timestamps are UTC. The table and column names below are the public SQL API: ren
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -37,13 +36,10 @@ from typing import Iterator
 import duckdb
 import pandas as pd
 
+from minirlhf.stage import MANIFEST, content_digest, sha256_file
+
 DB_FILENAME = "rlhf.duckdb"
 SCHEMA_VERSION = 1
-MANIFEST = "MANIFEST.sha256"
-COMPLETE = "COMPLETE"
-# Top-level files a manifest does not list: itself, the completion marker (written after it), and the stage
-# record (minirlhf/stage.py writes record.json after the manifest because the record holds the manifest's digest).
-UNLISTED = (MANIFEST, COMPLETE, "record.json")
 FINISH_STATUSES = ("completed", "failed", "cancelled")
 SEVERITIES = ("info", "warning", "error", "critical")
 VERSIONED_PACKAGES = ("minirlhf", "torch", "transformers", "trl", "datasets", "accelerate", "duckdb", "prefect")
@@ -118,9 +114,9 @@ VIEWS = {
                max(m.value) FILTER (m.name = 'ppo/kl') AS kl,
                max(m.value) FILTER (m.name = 'ppo/non_score_reward') AS non_score_reward,
                max(m.value) FILTER (m.name = 'ppo/entropy') AS entropy,
-               max(m.value) FILTER (m.name = 'policy/approxkl') AS approxkl,
-               max(m.value) FILTER (m.name = 'policy/clipfrac') AS clipfrac,
-               max(m.value) FILTER (m.name = 'value/loss') AS value_loss,
+               max(m.value) FILTER (m.name = 'ppo/policy/approxkl') AS approxkl,
+               max(m.value) FILTER (m.name = 'ppo/policy/clipfrac') AS clipfrac,
+               max(m.value) FILTER (m.name = 'ppo/value/loss') AS value_loss,
                any_value(r.value) AS resumed_from_step
         FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
         LEFT JOIN metrics r ON r.stage_run_id = m.stage_run_id AND r.name = 'ppo/resumed_from_step'
@@ -148,9 +144,9 @@ VIEWS = {
         FROM v_eval_metrics
         GROUP BY run_id, stage_run_id, policy""",
     "v_rm_accuracy_by_intent": """
-        SELECT s.run_id, m.stage_run_id, substr(m.name, length('rm/accuracy/') + 1) AS intent, m.value AS accuracy
+        SELECT s.run_id, m.stage_run_id, substr(m.name, length('reward/accuracy/') + 1) AS intent, m.value AS accuracy
         FROM metrics m JOIN stage_runs s USING (stage_run_id)
-        WHERE m.name LIKE 'rm/accuracy/%'""",
+        WHERE m.name LIKE 'reward/accuracy/%'""",
     "v_samples": """
         SELECT o.run_id, o.stage, o.attempt, o.reused, x.stage_run_id, x.step, x.policy, x.prompt_id, x.intent, x.prompt, x.response,
                x.proxy_reward, x.gold_reward, TRY_CAST(json_extract_string(x.extra, '$.kl') AS DOUBLE) AS kl,
@@ -158,11 +154,11 @@ VIEWS = {
                     ELSE len(regexp_split_to_array(trim(x.response), '\\s+')) END AS response_words,
                x.extra, x.recorded_at
         FROM v_stage_outputs o JOIN samples x USING (stage_run_id)""",
-    # The over-optimisation sweep (flows/sweep.py, minirlhf/sweep.py): one stage_run of stage 'sweep' per sweep,
+    # The over-optimisation sweep (flows/sweep.py, minirlhf/sweep.py): the sweep stage that computed each run's sweep,
     # one point per PPO run (metric step = point index), the fit of Gao et al. 2022's R(d) = d(alpha - beta log d)
     # at step 0 under sweep/fit/*.
     "v_sweep_points": """
-        SELECT s.run_id, m.stage_run_id, m.step AS point,
+        SELECT o.run_id, m.stage_run_id, m.step AS point,
                max(m.value) FILTER (m.name = 'sweep/kl_coef') AS kl_coef,
                max(m.value) FILTER (m.name = 'sweep/kl') AS kl,
                max(m.value) FILTER (m.name = 'sweep/d') AS d,
@@ -170,18 +166,18 @@ VIEWS = {
                max(m.value) FILTER (m.name = 'sweep/proxy_reward') AS proxy_reward,
                max(m.value) FILTER (m.name = 'sweep/gold_gain') AS gold_gain,
                max(m.value) FILTER (m.name = 'sweep/proxy_gain') AS proxy_gain
-        FROM metrics m JOIN stage_runs s USING (stage_run_id)
-        WHERE s.stage = 'sweep' AND m.name IN ('sweep/kl_coef', 'sweep/kl', 'sweep/d', 'sweep/gold_reward',
+        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
+        WHERE o.stage = 'sweep' AND m.name IN ('sweep/kl_coef', 'sweep/kl', 'sweep/d', 'sweep/gold_reward',
                                                'sweep/proxy_reward', 'sweep/gold_gain', 'sweep/proxy_gain')
         GROUP BY ALL""",
     "v_sweep_fits": """
-        SELECT s.run_id, m.stage_run_id, split_part(m.name, '/', 3) AS reward,
+        SELECT o.run_id, m.stage_run_id, split_part(m.name, '/', 3) AS reward,
                max(m.value) FILTER (m.name LIKE '%/alpha') AS alpha,
                max(m.value) FILTER (m.name LIKE '%/beta') AS beta,
                max(m.value) FILTER (m.name LIKE '%/r2') AS r2,
                max(m.value) FILTER (m.name LIKE '%/d_star') AS d_star
-        FROM metrics m JOIN stage_runs s USING (stage_run_id)
-        WHERE s.stage = 'sweep' AND m.name LIKE 'sweep/fit/%/%'
+        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
+        WHERE o.stage = 'sweep' AND m.name LIKE 'sweep/fit/%/%'
         GROUP BY ALL""",
     "v_failure_events": """
         SELECT o.run_id, o.stage, o.attempt, o.reused, f.stage_run_id, f.step, f.kind, f.severity, f.message, f.evidence,
@@ -214,6 +210,11 @@ class Store:
     def for_output_dir(cls, output_dir: str | Path, lock_timeout_s: float = 60.0) -> "Store":
         return cls(Path(output_dir) / DB_FILENAME, lock_timeout_s=lock_timeout_s)
 
+    @classmethod
+    def for_config(cls, cfg) -> "Store":
+        """The store of a PipelineConfig: `<output_dir>/rlhf.duckdb`, waiting `store.lock_timeout_s` for the lock."""
+        return cls.for_output_dir(cfg.output_dir, lock_timeout_s=cfg.store.lock_timeout_s)
+
     # ---- runs and stages -----------------------------------------------------------------------------
     def start_run(self, config: dict, *, run_id: str | None = None, prefect_flow_run_id: str | None = None,
                   deployment: str | None = None, parameters: dict | None = None) -> str:
@@ -223,6 +224,30 @@ class Store:
         with self._write() as con:
             con.execute("INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, ?, ?, ?, ?)", row)
         return run_id
+
+    @contextmanager
+    def run(self, config: dict, **kwargs) -> Iterator[str]:
+        """`with store.run(cfg.model_dump(mode="json")) as run_id:` a runs row, 'completed' when the block ends,
+        'failed' if it raises (the exception goes on). Keyword arguments as for `start_run`."""
+        run_id = self.start_run(config, **kwargs)
+        try:
+            yield run_id
+        except BaseException:
+            self.finish_run(run_id, "failed")
+            raise
+        self.finish_run(run_id, "completed")
+
+    @contextmanager
+    def stage_run(self, run_id: str, stage: str, **kwargs) -> Iterator["StoreLogger"]:
+        """`with store.stage_run(run_id, "sft", cache_key=key) as logger:` a stage_runs row, 'completed' when the
+        block ends, 'failed' with the exception as its cause if it raises. The logger writes to this row."""
+        stage_run_id = self.start_stage(run_id, stage, **kwargs)
+        try:
+            yield StoreLogger(self, stage_run_id)
+        except BaseException as exc:
+            self.finish_stage(stage_run_id, "failed", cause=f"{type(exc).__name__}: {exc}")
+            raise
+        self.finish_stage(stage_run_id, "completed")
 
     def finish_run(self, run_id: str, status: str) -> None:
         _check_choice("status", status, FINISH_STATUSES)
@@ -263,14 +288,14 @@ class Store:
                 con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
 
     def log_artifact(self, stage_run_id: str, kind: str, path: str | Path, sha256: str | None = None) -> None:
-        """A file: its sha256 and size. A directory: the sha256 of its manifest and the total size of its files."""
+        """A file: its sha256 and size. A sealed directory: its content digest (minirlhf.stage) and total size."""
         path = Path(path).resolve()
         if path.is_dir():
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             if sha256 is None:
-                manifest = path / MANIFEST
-                text = manifest.read_bytes() if manifest.is_file() else _manifest_text(path).encode()
-                sha256 = hashlib.sha256(text).hexdigest()
+                if not (path / MANIFEST).is_file():
+                    raise FileNotFoundError(f"artifact {kind!r}: {path} has no {MANIFEST}; seal it first (minirlhf.stage)")
+                sha256 = content_digest(path)
         elif path.is_file():
             size, sha256 = path.stat().st_size, sha256 or sha256_file(path)
         else:
@@ -391,6 +416,22 @@ class Store:
         self._schema_checked = True
 
 
+class StoreLogger:
+    """A MetricLogger (minirlhf.stage) bound to one stage run of the store."""
+
+    def __init__(self, store: Store, stage_run_id: str):
+        self.store, self.stage_run_id = store, stage_run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.store.log_metrics(self.stage_run_id, metrics, step=step)
+
+    def log_samples(self, rows: list[dict], step: int = 0, policy: str | None = None) -> None:
+        self.store.log_samples(self.stage_run_id, rows, step=step, policy=policy)
+
+    def log_failure_event(self, kind: str, message: str, **kwargs) -> None:
+        self.store.log_failure_event(self.stage_run_id, kind, message, **kwargs)
+
+
 # ---- run provenance ----------------------------------------------------------------------------------
 def git_sha() -> str | None:
     """HEAD of the git checkout holding the cwd, else of the one holding this package; None when neither is."""
@@ -413,63 +454,6 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass  # not installed: omitted, as documented
     return versions
-
-
-# ---- file digests and manifests ----------------------------------------------------------------------
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):  # 1 MiB at a time: checkpoints may not fit in memory twice
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _listed_files(directory: Path) -> list[str]:
-    """Every file under directory as a sorted posix relative path, minus the UNLISTED top-level files."""
-    files = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
-    return sorted(f for f in files if f not in UNLISTED)
-
-
-def _manifest_text(directory: Path) -> str:
-    return "".join(f"{sha256_file(directory / rel)}  {rel}\n" for rel in _listed_files(directory))
-
-
-def write_manifest(directory: str | Path) -> Path:
-    """Write `MANIFEST.sha256` (`sha256  relative/path` per file, the `sha256sum` format) and return its path."""
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    manifest.write_text(_manifest_text(directory))
-    return manifest
-
-
-def verify_manifest(directory: str | Path) -> list[str]:
-    """The problems with a directory against its manifest: missing, changed and extra files. Empty = valid."""
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        return [f"{manifest}: no manifest"]
-    listed: dict[str, str] = {}
-    for n, line in enumerate(manifest.read_text().splitlines(), 1):
-        sha, sep, rel = line.partition("  ")
-        if not sep or len(sha) != 64:
-            return [f"{manifest}:{n}: malformed line {line!r}"]
-        listed[rel] = sha
-    problems = []
-    for rel, sha in listed.items():
-        if not (directory / rel).is_file():
-            problems.append(f"missing: {rel}")
-        elif sha256_file(directory / rel) != sha:
-            problems.append(f"changed: {rel}")
-    problems += [f"extra: {rel}" for rel in _listed_files(directory) if rel not in listed]
-    return problems
-
-
-def directory_digest(directory: str | Path) -> str:
-    """A directory's identity: the sha256 of its manifest's bytes (write_manifest first)."""
-    manifest = Path(directory) / MANIFEST
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} does not exist: call write_manifest({str(directory)!r}) first")
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
 # ---- small converters ----------------------------------------------------------------------------------

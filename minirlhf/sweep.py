@@ -1,10 +1,11 @@
 """The over-optimisation sweep: PPO at several KL coefficients, gold and proxy reward against d = sqrt(KL).
 
 Usage:
-    from minirlhf.sweep import fit_gao_rl, run_sweep, record_sweep
+    from minirlhf.sweep import fit_gao_rl, point_config, run_sweep
     alpha, beta, r2 = fit_gao_rl(d=[0.5, 1.0, 2.0], gain=[0.3, 0.5, 0.4])
-    result = run_sweep({0.2: eval_dir_a, 0.05: eval_dir_b}, out_dir)          # points.json, fit.json, the figure
-    result = record_sweep(cfg, kl_coefs, evals, store, run_id)                # the same, as a recorded 'sweep' stage
+    cfg_005 = point_config(cfg, 0.05)                                          # one point's config: PPO at kl_coef 0.05
+    result = run_sweep(cfg, {0.2: eval_dir_a, 0.05: eval_dir_b}, out_dir)      # points.json, fit.json, the figure
+    spec = minirlhf.pipeline.plan_sweep(cfg, {0.2: eval_a, 0.05: eval_b})       # as a stage: key, then run_stage(spec, ...)
 
 Gao, Schulman & Hilton (2022), "Scaling Laws for Reward Model Overoptimization", measure how far a policy has
 moved from its initialisation by d = sqrt(KL(pi || pi_init)) and find that, for RL, the gold reward gained over
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minirlhf.config import PipelineConfig
-from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_key, stage_output
+from minirlhf.config import PipelineConfig, build_config
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 
 log = logging.getLogger("minirlhf")
 
@@ -114,7 +115,7 @@ def sweep_metrics(points: list[dict], fits: dict[str, dict[str, float]]) -> list
     return rows + [(0, fit_row)]
 
 
-def run_sweep(evals: dict[float, Path], out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+def run_sweep(cfg: PipelineConfig, evals: dict[float, Path], out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
     """Fit and draw the sweep from the eval stage outputs of each PPO run, keyed by its kl_coef."""
     logger = logger or NullLogger()
     started = time.perf_counter()
@@ -122,13 +123,15 @@ def run_sweep(evals: dict[float, Path], out_dir: Path, logger: MetricLogger | No
     for kl_coef, eval_dir in sorted(evals.items(), reverse=True):  # strongest KL penalty first: d grows along the list
         points.append(sweep_point(kl_coef, json.loads((Path(eval_dir) / "metrics.json").read_text())))
     fits = fit_points(points)
-    for step, metrics in sweep_metrics(points, fits):
+    history = sweep_metrics(points, fits)
+    for step, metrics in history:
         logger.log_metrics(metrics, step=step)
     for reward, f in fits.items():
         log.info("sweep: %s reward R(d) = d(%.3f - %.3f log d), R2 %.2f, peak at d=%s", reward, f["alpha"], f["beta"],
                  f["r2"], f"{f['d_star']:.2f}" if "d_star" in f else "none")
     summary = {f"sweep/fit/{reward}/{k}": v for reward, f in fits.items() for k, v in f.items()}
-    result = StageResult("sweep", "", "", metrics={**summary, "sweep/points": float(len(points))})
+    result = StageResult("sweep", metrics={**summary, "sweep/points": float(len(points))},
+                         history=[{"step": step, **metrics} for step, metrics in history])
     with stage_output(out_dir, result) as tmp:
         (tmp / "points.json").write_text(json.dumps(points, indent=1))
         (tmp / "fit.json").write_text(json.dumps(fits, indent=1))
@@ -137,34 +140,11 @@ def run_sweep(evals: dict[float, Path], out_dir: Path, logger: MetricLogger | No
     return result
 
 
-def sweep_dir(cfg: PipelineConfig, evals: dict[float, StageResult]) -> Path:
-    """`<output_dir>/sweep/<key>`: the key covers the kl_coefs and the digest of every eval output."""
-    coefs = sorted(evals, reverse=True)
-    key = stage_key("sweep", json.dumps(coefs), [evals[c].sha256 for c in coefs])
-    return Path(cfg.output_dir) / "sweep" / key
-
-
-def record_sweep(cfg: PipelineConfig, evals: dict[float, StageResult], store, run_id: str,
-                 task_run_id: str | None = None) -> StageResult:
-    """`run_sweep` as a recorded stage of `run_id` (stage_runs row, metrics, the figure as an artifact);
-    a complete output with the same key is reused, as for every other stage (minirlhf.pipeline.reuse_or_run)."""
-    from minirlhf.pipeline import StoreLogger, reuse_or_run
-
-    out = sweep_dir(cfg, evals)
-
-    def log_figure(logger: StoreLogger) -> None:
-        logger.store.log_artifact(logger.stage_run_id, "figure", out / FIGURE)
-
-    def compute(logger: StoreLogger) -> StageResult:
-        result = run_sweep({c: Path(r.output_dir) for c, r in evals.items()}, out, logger)
-        log_figure(logger)
-        return result
-
-    def relog(logger: StoreLogger) -> None:  # a reused sweep answers v_sweep_points in this run too
-        points, fits = json.loads((out / "points.json").read_text()), json.loads((out / "fit.json").read_text())
-        for step, metrics in sweep_metrics(points, fits):
-            logger.log_metrics(metrics, step=step)
-        log_figure(logger)
-
-    return reuse_or_run(store, run_id, "sweep", cfg, out, compute, cache_key=out.name, task_run_id=task_run_id,
-                        on_reuse=relog)
+def point_config(config: PipelineConfig, kl_coef: float) -> PipelineConfig:
+    """The pipeline config of one sweep point: its kl_coef, and no baselines in its evaluation (they do not
+    depend on kl_coef)."""
+    tree = config.model_dump(mode="json")
+    tree["ppo"]["kl_coef"] = kl_coef
+    for baseline in ("dpo", "rloo"):
+        tree[baseline]["enabled"] = False
+    return build_config(tree, source=f"sweep point kl_coef={kl_coef}")

@@ -14,7 +14,7 @@ from minirlhf.stage import MetricLogger
 
 class LogToStore(TrainerCallback):
     """Forward the Trainer's logs (loss, learning rate, ...) to our logger, named by `template`
-    ("sft/{}" gives sft/loss; "rm/train_{}" gives rm/train_accuracy, apart from held-out rm/accuracy)."""
+    ("sft/{}" gives sft/loss; "reward/train_{}" gives reward/train_accuracy, apart from held-out reward/accuracy)."""
 
     def __init__(self, template: str, logger: MetricLogger, history: list[dict]):
         self.template, self.logger, self.history = template, logger, history

@@ -1,11 +1,11 @@
 """Prefect tasks around the stage functions of minirlhf: one module per stage, shared parts in common.py.
 
 Usage:
-    from tasks import STAGE_TASKS, run_stage_task
-    result = run_stage_task(STAGE_TASKS["sft"], cfg, {"data": data}, run_id)
+    from tasks import run_stage_task
+    result = run_stage_task(plan(cfg, "sft", {"data": data}), run_id)
 """
 
-from tasks.common import StageCachePolicy, prefect_cache_key, results_dir, run_stage_task, stage_code_digest
+from tasks.common import RESULTS_DIRNAME, cache_key, retry_condition, run_stage_task, stage_task
 from tasks.data import data_task
 from tasks.dpo import dpo_task
 from tasks.eval import eval_task
@@ -13,9 +13,9 @@ from tasks.ppo import ppo_task
 from tasks.reward import reward_task
 from tasks.rloo import rloo_task
 from tasks.sft import sft_task
+from tasks.sweep import sweep_task
 
-STAGE_TASKS = {"data": data_task, "sft": sft_task, "reward": reward_task, "ppo": ppo_task, "dpo": dpo_task, "rloo": rloo_task,
-               "eval": eval_task}
+STAGE_TASKS = {"data": data_task, "sft": sft_task, "reward": reward_task, "ppo": ppo_task, "dpo": dpo_task,
+               "rloo": rloo_task, "eval": eval_task, "sweep": sweep_task}
 
-__all__ = ["STAGE_TASKS", "StageCachePolicy", "prefect_cache_key", "results_dir", "run_stage_task", "stage_code_digest",
-           "data_task", "sft_task", "reward_task", "ppo_task", "dpo_task", "rloo_task", "eval_task"]
+__all__ = ["RESULTS_DIRNAME", "STAGE_TASKS", "cache_key", "retry_condition", "run_stage_task", "stage_task"]

@@ -1,18 +1,8 @@
-"""The data stage as a Prefect task: writes the embedded task (or reads HH-RLHF) into the stage's output.
+"""The data stage as a Prefect task (minirlhf.data.prepare.run_data): the embedded task, or HH-RLHF rows.
 
-Usage (inside a flow; see tasks/common.py for the cache key and why to go through run_stage_task):
-    result = run_stage_task(data_task, cfg, upstream, run_id)
+Usage (inside a flow): `run_stage_task(plan(cfg, "data", results), run_id)` (tasks/common.py).
 """
 
-from __future__ import annotations
+from tasks.common import stage_task
 
-from minirlhf.config import PipelineConfig
-from minirlhf.stage import StageResult
-from prefect import task
-
-from tasks.common import run_recorded, stage_task_options
-
-
-@task(**stage_task_options("data"))
-def data_task(cfg: PipelineConfig, upstream: dict[str, StageResult], run_id: str) -> StageResult:
-    return run_recorded("data", cfg, upstream, run_id)
+data_task = stage_task("data")

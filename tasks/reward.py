@@ -1,18 +1,8 @@
-"""The reward-model stage as a Prefect task: trains and evaluates the reward model on preference pairs.
+"""The reward-model stage as a Prefect task (minirlhf.reward.run_reward): trains and evaluates it on preference pairs.
 
-Usage (inside a flow; see tasks/common.py for the cache key and why to go through run_stage_task):
-    result = run_stage_task(reward_task, cfg, upstream, run_id)
+Usage (inside a flow): `run_stage_task(plan(cfg, "reward", results), run_id)` (tasks/common.py).
 """
 
-from __future__ import annotations
+from tasks.common import stage_task
 
-from minirlhf.config import PipelineConfig
-from minirlhf.stage import StageResult
-from prefect import task
-
-from tasks.common import run_recorded, stage_task_options
-
-
-@task(**stage_task_options("reward"))
-def reward_task(cfg: PipelineConfig, upstream: dict[str, StageResult], run_id: str) -> StageResult:
-    return run_recorded("reward", cfg, upstream, run_id)
+reward_task = stage_task("reward")

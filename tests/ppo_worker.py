@@ -8,10 +8,9 @@ import signal
 import sys
 
 from minirlhf.config import load_config
-from minirlhf.pipeline import StoreLogger, stage_dir
+from minirlhf.pipeline import plan
 from minirlhf.ppo.trainer import run_ppo
-from minirlhf.stage import StageResult
-from minirlhf.store import Store
+from minirlhf.store import Store, StoreLogger
 
 
 class KillingLogger(StoreLogger):
@@ -30,14 +29,13 @@ def main():
     cfg = load_config(None, overrides + [f"output_dir={out}"])
     results = {}
     for name in ("data", "sft", "reward"):
-        _, path = stage_dir(cfg, name, results)
-        results[name] = StageResult.from_dir(path)
-    _, ppo_out = stage_dir(cfg, "ppo", results)
+        results[name] = plan(cfg, name, results).find_output()
+    ppo_out = plan(cfg, "ppo", results).out_dir
     store = Store.for_output_dir(out)
     run_id = store.start_run(cfg.model_dump(mode="json"))
     stage_run_id = store.start_stage(run_id, "ppo", output_dir=str(ppo_out))
-    result = run_ppo(cfg, results["data"].output_dir, results["sft"].output_dir, results["reward"].output_dir, ppo_out,
-                     KillingLogger(store, stage_run_id, kill_at))
+    dirs = [results[name].path(out) for name in ("data", "sft", "reward")]
+    result = run_ppo(cfg, *dirs, ppo_out, KillingLogger(store, stage_run_id, kill_at))
     store.finish_stage(stage_run_id, "completed")
     print("RESUMED_FROM", int(result.metrics["ppo/resumed_from_step"]))
 

@@ -1,7 +1,6 @@
 """The DPO and RLOO baselines: each moves the tiny SFT policy the way its objective says (slow tier), the eval stage
 compares every enabled policy, and a disabled baseline is neither run nor evaluated (wiring: fast tier)."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from minirlhf.config import load_config
 from minirlhf.data.task import read_jsonl
 from minirlhf.evaluate import sample
 from minirlhf.models import load_policy, load_reward_model
-from minirlhf.pipeline import STAGES, enabled_stages, needed_stages, run_pipeline, stage_dir, upstream_of
+from minirlhf.pipeline import PIPELINE, enabled_stages, needed_stages, plan, run_pipeline, upstream_of
 from minirlhf.reward import score_texts
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
@@ -21,17 +20,17 @@ POLICIES = ("sft", "ppo", "dpo", "rloo")
 
 # ---- wiring (fast): which stages run, and what the eval stage's key holds ---------------------------------------
 def _fake_results(cfg) -> dict[str, StageResult]:
-    return {name: StageResult(name, f"/x/{name}", f"{name}-digest") for name in STAGES}
+    return {name: StageResult(name, "x", f"{name}-digest") for name in PIPELINE}
 
 
 def test_a_disabled_baseline_is_not_run_nor_upstream_of_eval():
     on = load_config(None)
     off = load_config(None, ["rloo.enabled=false"])
-    assert enabled_stages(on) == STAGES == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
+    assert enabled_stages(on) == PIPELINE == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
     assert enabled_stages(off) == ("data", "sft", "reward", "ppo", "dpo", "eval")
     assert upstream_of(on, "eval") == ("data", "sft", "reward", "ppo", "dpo", "rloo")
     assert upstream_of(off, "eval") == ("data", "sft", "reward", "ppo", "dpo")
-    assert needed_stages(on, ("eval",)) == list(STAGES)
+    assert needed_stages(on, ("eval",)) == list(PIPELINE)
     assert needed_stages(off, ("eval",)) == ["data", "sft", "reward", "ppo", "dpo", "eval"]
     assert needed_stages(on, ("dpo",)) == ["data", "sft", "dpo"]
     with pytest.raises(ValueError, match=r"disabled.*--set rloo.enabled=true"):
@@ -42,8 +41,8 @@ def test_eval_key_changes_with_the_set_of_policies():
     on = load_config(None)
     off = load_config(None, ["dpo.enabled=false"])
     results = _fake_results(on)
-    assert stage_dir(on, "eval", results)[0] != stage_dir(off, "eval", results)[0]
-    assert stage_dir(on, "ppo", results)[0] == stage_dir(off, "ppo", results)[0]  # nothing else moves
+    assert plan(on, "eval", results).key != plan(off, "eval", results).key
+    assert plan(on, "ppo", results).key == plan(off, "ppo", results).key  # nothing else moves
 
 
 # ---- tiny stage runs (slow) ---------------------------------------------------------------------------------------
@@ -80,9 +79,9 @@ def preference_logratio(model, tokenizer, pairs: list[dict]) -> torch.Tensor:
 @pytest.mark.slow
 def test_dpo_moves_the_policy_toward_the_chosen_responses(tiny_run):
     cfg, results = tiny_run
-    pairs = read_jsonl(Path(results["data"].output_dir) / "pairs_train.jsonl")[:64]
-    tokenizer, sft = load_policy(results["sft"].output_dir)
-    _, dpo = load_policy(results["dpo"].output_dir)  # a plain checkpoint, as the eval stage loads it
+    pairs = read_jsonl(results["data"].path(cfg.output_dir) / "pairs_train.jsonl")[:64]
+    tokenizer, sft = load_policy(str(results["sft"].path(cfg.output_dir)))
+    _, dpo = load_policy(str(results["dpo"].path(cfg.output_dir)))  # a plain checkpoint, as the eval stage loads it
     # DPO's implicit reward margin, beta * [(log pi - log pi_sft)(chosen) - (log pi - log pi_sft)(rejected)]
     margins = cfg.dpo.beta * (preference_logratio(dpo, tokenizer, pairs) - preference_logratio(sft, tokenizer, pairs))
     assert margins.mean() > 0
@@ -93,8 +92,8 @@ def test_dpo_moves_the_policy_toward_the_chosen_responses(tiny_run):
 
 def penalised_scores(policy, tokenizer, rm, rm_tokenizer, prompts: list[str], cfg) -> torch.Tensor:
     """(n,) what RLOO maximises before its KL term: the reward-model score of a fresh sample of at most
-    `rloo.max_completion_length` tokens, plus `rloo.missing_eos_penalty` where the sample has no EOS."""
-    sampling = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_new_tokens": cfg.rloo.max_completion_length,
+    `rloo.max_new_tokens` tokens, plus `rloo.missing_eos_penalty` where the sample has no EOS."""
+    sampling = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_new_tokens": cfg.rloo.max_new_tokens,
                                                                           "temperature": cfg.rloo.temperature})})
     batches = sample(policy, tokenizer, prompts, sampling, seed=7)
     texts = [t for batch in batches for t in batch[0]]
@@ -105,10 +104,10 @@ def penalised_scores(policy, tokenizer, rm, rm_tokenizer, prompts: list[str], cf
 @pytest.mark.slow
 def test_rloo_raises_the_reward_it_is_trained_on(tiny_run):
     cfg, results = tiny_run
-    prompts = [r["prompt"] for r in read_jsonl(Path(results["data"].output_dir) / "rl_prompts.jsonl")] * 4  # 256 samples
-    rm_tokenizer, rm = load_reward_model(results["reward"].output_dir)
-    tokenizer, sft = load_policy(results["sft"].output_dir)
-    _, rloo = load_policy(results["rloo"].output_dir)
+    prompts = [r["prompt"] for r in read_jsonl(results["data"].path(cfg.output_dir) / "rl_prompts.jsonl")] * 4  # 256 samples
+    rm_tokenizer, rm = load_reward_model(str(results["reward"].path(cfg.output_dir)))
+    tokenizer, sft = load_policy(str(results["sft"].path(cfg.output_dir)))
+    _, rloo = load_policy(str(results["rloo"].path(cfg.output_dir)))
     before = penalised_scores(sft, tokenizer, rm, rm_tokenizer, prompts, cfg).mean()
     after = penalised_scores(rloo, tokenizer, rm, rm_tokenizer, prompts, cfg).mean()
     assert after > before + 0.1, (float(before), float(after))
@@ -133,7 +132,7 @@ def test_rloo_logs_every_step_with_its_own_eos_check_agreeing_with_trl(tiny_run)
 @pytest.mark.slow
 def test_eval_compares_all_four_policies(tiny_run):
     cfg, results = tiny_run
-    assert list(results) == list(STAGES)
+    assert list(results) == list(PIPELINE)
     metrics = results["eval"].metrics
     for policy in POLICIES:
         assert f"eval/{policy}/gold_reward" in metrics and f"eval/{policy}/proxy_reward" in metrics, policy

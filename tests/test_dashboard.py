@@ -33,12 +33,8 @@ _BUILT: dict[str, Path] = {}
 # ---- a store filled by a real tiny pipeline (shared with tests/test_browser.py) -------------------------------
 def build_dashboard_store(root: Path) -> Path:
     from minirlhf.config import load_config
-    from minirlhf.pipeline import run_pipeline, run_stage
-    from minirlhf.ppo.trainer import PPOUnstable, run_ppo
-
-    def ppo(**kw):
-        return lambda cfg, inputs, out, logger: run_ppo(cfg, inputs["data"], inputs["sft"], inputs["reward"], out,
-                                                        logger, **kw)
+    from minirlhf.pipeline import plan, run_pipeline, run_stage
+    from minirlhf.ppo.trainer import TEST_NAN_AT_STEP_ENV, PPOUnstable
 
     # SFT and PPO only: the stages are run one by one here, and the pages are tested on those two policies.
     cfg = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "dpo.enabled=false", "rloo.enabled=false"])
@@ -46,11 +42,12 @@ def build_dashboard_store(root: Path) -> Path:
     run_id = store.start_run(cfg.model_dump(mode="json"))
     results = {}
     for stage in ("data", "sft", "reward"):
-        results[stage] = run_stage(cfg, stage, results, store, run_id)
-    with pytest.raises(PPOUnstable):
-        run_stage(cfg, "ppo", results, store, run_id, attempt=1, run=ppo(inject_nan_at_step=NAN_AT_STEP))
-    results["ppo"] = run_stage(cfg, "ppo", results, store, run_id, attempt=2, run=ppo(lr_scale=0.5))
-    results["eval"] = run_stage(cfg, "eval", results, store, run_id)
+        results[stage] = run_stage(plan(cfg, stage, results), store, run_id)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(PPOUnstable):
+        patch.setenv(TEST_NAN_AT_STEP_ENV, str(NAN_AT_STEP))
+        run_stage(plan(cfg, "ppo", results), store, run_id, attempt=1)
+    results["ppo"] = run_stage(plan(cfg, "ppo", results), store, run_id, attempt=2)
+    results["eval"] = run_stage(plan(cfg, "eval", results), store, run_id)
     store.finish_run(run_id, "completed")
     assert results["ppo"].metrics["ppo/resumed_from_step"] == 3
 
@@ -264,7 +261,7 @@ def test_reward_page_shows_accuracy_per_intent_and_score_against_length(filled_s
     assert intents["accuracy"].between(0, 1).all()
     points = list(score_vs_length.values())[0]
     assert set(points["policy"]) == {"sft", "ppo"} and len(points) == 16
-    assert "rm/accuracy" in set(at.dataframe[0].value["name"])
+    assert "reward/accuracy" in set(at.dataframe[0].value["name"])
 
 
 @pytest.mark.slow
@@ -302,20 +299,20 @@ def test_failures_page_shows_the_event_with_evidence_and_examples(filled_store, 
 
 @pytest.mark.slow
 def test_sweep_page_draws_gold_and_proxy_against_d_with_the_fit(filled_store, tmp_path, monkeypatch):
-    """A sweep recorded (minirlhf.sweep.record_sweep, real writes) over the two evaluated PPO policies of the filled
-    store (kl_coef 0.2 and 0.5): its points, the fitted curves and the fits table."""
+    """A sweep stage recorded (minirlhf.pipeline.plan_sweep + run_stage, real writes) over the two evaluated PPO
+    policies of the filled store (kl_coef 0.2 and 0.5): its points, the fitted curves and the fits table."""
     from minirlhf.config import load_config
-    from minirlhf.stage import StageResult
-    from minirlhf.sweep import record_sweep
+    from minirlhf.pipeline import plan_sweep, run_stage
+    from minirlhf.stage import load_output
 
     evals = Store(filled_store).query("select s.output_dir, r.config from stage_runs s join runs r using (run_id) "
                                       "where s.stage = 'eval' and not s.cache_hit order by s.started_at")
-    by_coef = {json.loads(c)["ppo"]["kl_coef"]: StageResult.from_dir(Path(d)) for d, c in zip(evals.output_dir, evals.config)}
+    by_coef = {json.loads(c)["ppo"]["kl_coef"]: load_output(Path(d)) for d, c in zip(evals.output_dir, evals.config)}
     assert sorted(by_coef) == [0.2, 0.5]
+    cfg = load_config(None, [f"output_dir={filled_store.parent}"])  # the eval outputs live under the filled root
     store = Store(tmp_path / "rlhf.duckdb")
-    run_id = store.start_run({"sweep": True})
-    record_sweep(load_config(None, [f"output_dir={tmp_path}"]), by_coef, store, run_id)
-    store.finish_run(run_id, "completed")
+    with store.run({"sweep": True}) as run_id:
+        run_stage(plan_sweep(cfg, by_coef), store, run_id)
 
     at = open_page(store.path, "sweep", monkeypatch)
     (spec, data), = charts(at)

@@ -2,7 +2,6 @@
 and the eval stage of a tiny pipeline writes its events to failure_events.json and the store (slow tier)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -90,7 +89,7 @@ def test_degenerate_responses():
     assert not is_degenerate("the word the word") and not is_degenerate("I can help with that. I can do it.")
     loops = [sample("")] * 5 + HEALTHY[:5]
     rates = degenerate_rates({"sft": HEALTHY, "ppo": loops})
-    assert rates == {"detect/sft/degenerate_rate": 0.0, "detect/ppo/degenerate_rate": 0.5}
+    assert rates == {"eval/sft/degenerate_rate": 0.0, "eval/ppo/degenerate_rate": 0.5}
     events = detect_failures({}, {"sft": HEALTHY, "ppo": loops}, {}, CFG)
     assert [e.kind for e in events] == ["degenerate_repetition"] and events[0].policy == "ppo"
     assert detect_failures({}, {"sft": HEALTHY, "ppo": HEALTHY}, {}, CFG) == []
@@ -102,15 +101,15 @@ def test_eval_stage_writes_its_failure_events_to_the_store(tmp_path):
     cfg = load_config(None, TINY + [f"output_dir={tmp_path}", "detect.kl_spike_min=0", "detect.kl_spike_factor=1.0001",
                                     "detect.smooth_window=1", "dpo.enabled=false", "rloo.enabled=false"])  # PPO's events only
     results = run_pipeline(cfg)
-    ppo_curve = [json.loads(line) for line in (Path(results["ppo"].output_dir) / "curve.jsonl").read_text().splitlines()]
+    ppo_curve = [json.loads(line) for line in (results["ppo"].path(cfg.output_dir) / "curve.jsonl").read_text().splitlines()]
     assert [row["step"] for row in ppo_curve] == list(range(1, cfg.ppo.steps + 1))
-    events = json.loads((Path(results["eval"].output_dir) / "failure_events.json").read_text())
+    events = json.loads((results["eval"].path(cfg.output_dir) / "failure_events.json").read_text())
     assert events and {e["kind"] for e in events} >= {"kl_spike"}
     rows = Store.for_output_dir(tmp_path).query(
         "select f.kind, f.step, f.evidence from failure_events f join stage_runs s using (stage_run_id) where s.stage = 'eval'")
     assert sorted(zip(rows["kind"], rows["step"].fillna(-1))) == sorted((e["kind"], e["step"] if e["step"] is not None else -1) for e in events)
     assert all(json.loads(ev)["policy"] == "ppo" for ev in rows["evidence"])
-    assert results["eval"].metrics["detect/ppo/failure_events"] == len(events)
+    assert results["eval"].metrics["eval/ppo/failure_events"] == len(events)
     # A rerun reuses the eval output; v_failure_events shows it the events of the run that computed it.
     run_pipeline(cfg)
     store = Store.for_output_dir(tmp_path)

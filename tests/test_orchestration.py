@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from minirlhf.config import load_config
-from minirlhf.pipeline import STAGES
+from minirlhf.pipeline import PIPELINE as STAGES
 from minirlhf.store import Store
 from tests.test_ppo import TINY
 

@@ -73,9 +73,9 @@ def save_standin(kind: str, directory: Path) -> Path:
 # Tiny step counts; everything else comes from the profile itself.
 TINY_STEPS = ["sft.max_steps=3", "sft.batch_size=4", "sft.logging_steps=1", "reward.max_steps=3", "reward.batch_size=4",
               "reward.logging_steps=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.num_ppo_epochs=1",
-              "ppo.response_length=8", "eval.n_prompts=4", "eval.max_new_tokens=8",
+              "ppo.max_new_tokens=8", "eval.n_prompts=4", "eval.max_new_tokens=8",
               "dpo.max_steps=2", "dpo.batch_size=2", "rloo.steps=1", "rloo.batch_size=4", "rloo.num_generations=2",
-              "rloo.max_completion_length=8",
+              "rloo.max_new_tokens=8",
               # The profiles leave the baselines off (untuned on real models); the stand-ins run them, with LoRA too.
               "dpo.enabled=true", "rloo.enabled=true"]
 
@@ -191,14 +191,14 @@ def test_online_profile_runs_every_stage_on_a_local_standin(profile, standin_kin
 
     results = run_pipeline(cfg)
 
-    assert all(is_complete(r.output_dir) for r in results.values())
+    assert all(is_complete(r.path(cfg.output_dir)) for r in results.values())
     assert results["data"].metrics["data/hh_pairs"] == 40
-    assert results["sft"].metrics["sft/steps"] == 3 and results["reward"].metrics["rm/steps"] == 3
+    assert results["sft"].metrics["sft/steps"] == 3 and results["reward"].metrics["reward/steps"] == 3
     assert results["ppo"].step == 1
     if cfg.model.lora.enabled:  # adapters only, merged on save: the outputs load as plain checkpoints
         assert results["sft"].metrics["sft/trainable_params"] < 0.5 * count_parameters(load_policy(str(standin))[1])
         for stage in ("ppo", "dpo", "rloo"):
-            assert not (Path(results[stage].output_dir) / "adapter_config.json").exists(), stage
+            assert not (results[stage].path(cfg.output_dir) / "adapter_config.json").exists(), stage
     metrics = results["eval"].metrics
     for name in ("eval/sft/proxy_reward", "eval/ppo/proxy_reward", "eval/ppo/kl", "eval/ppo/win_rate_proxy"):
         assert name in metrics
@@ -237,12 +237,12 @@ def test_lora_ppo_checkpoints_adapters_and_resumes_from_them(hh_file, tmp_path):
         f"output_dir={tmp_path / 'out'}", "model.lora.r=2", "model.lora.alpha=4", *TINY_STEPS,
         "ppo.steps=2", "ppo.checkpoint_every=1"])
     results = run_pipeline(cfg, ("data", "sft", "reward", "ppo"))
-    ckpt_dir = checkpoint_dir_for(results["ppo"].output_dir)
+    ckpt_dir = checkpoint_dir_for(results["ppo"].path(cfg.output_dir))
     newest = ckpt_dir / "step-000002"
     assert (newest / "policy" / "adapter_model.safetensors").is_file()
     assert not (newest / "policy" / "model.safetensors").exists()
 
-    up = {k: Path(results[k].output_dir) for k in ("data", "sft", "reward")}
+    up = {k: results[k].path(cfg.output_dir) for k in ("data", "sft", "reward")}
     trainer = build_trainer(cfg, up["data"], up["sft"], up["reward"], ckpt_dir)
     assert trainer.resume() == newest and trainer.step == 2
     saved = load_file(newest / "policy" / "adapter_model.safetensors")

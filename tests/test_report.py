@@ -60,12 +60,12 @@ def fill_main_run(store: Store, out: Path) -> str:
         store.log_metrics(sft, {"sft/loss": loss, "sft/learning_rate": 1e-3}, step=step)
     done()
     reward, done = stage(store, run_id, "reward", out)
-    store.log_metrics(reward, {"rm/train_loss": 0.7}, step=5)
-    store.log_metrics(reward, {"rm/train_loss": 0.6}, step=10)
-    store.log_metrics(reward, {"rm/accuracy": 0.6789, "rm/label_ceiling": 0.9, "rm/accuracy_gold": 0.7,
-                               "rm/margin": 0.25, "rm/length_corr": 0.4321, "rm/gold_corr": 0.3,
-                               "rm/filler_effect": 0.95, "rm/n_test_pairs": 60,
-                               **{f"rm/accuracy/{i}": 0.5 + 0.1 * k for k, i in enumerate(INTENTS)}}, step=10)
+    store.log_metrics(reward, {"reward/train_loss": 0.7}, step=5)
+    store.log_metrics(reward, {"reward/train_loss": 0.6}, step=10)
+    store.log_metrics(reward, {"reward/accuracy": 0.6789, "reward/label_ceiling": 0.9, "reward/accuracy_gold": 0.7,
+                               "reward/margin": 0.25, "reward/length_corr": 0.4321, "reward/gold_corr": 0.3,
+                               "reward/filler_effect": 0.95, "reward/n_test_pairs": 60,
+                               **{f"reward/accuracy/{i}": 0.5 + 0.1 * k for k, i in enumerate(INTENTS)}}, step=10)
     done()
     # PPO: attempt 1 fails after step 4; attempt 2 resumes from the step-3 checkpoint and finishes at step 6.
     ppo1, done = stage(store, run_id, "ppo", out, status="failed", cause="PPOUnstable: loss is NaN at step 5")
@@ -169,8 +169,8 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     assert "PPOUnstable: loss is NaN at step 5" in table_row(text, "ppo")[5]
     # 2. reward model
     rm = section(text, "Reward model")
-    assert table_row(rm, "`rm/accuracy`")[1] == "0.679" and table_row(rm, "`rm/length_corr`")[1] == "0.432"
-    assert table_row(rm, "`rm/n_test_pairs`")[1] == "60"
+    assert table_row(rm, "`reward/accuracy`")[1] == "0.679" and table_row(rm, "`reward/length_corr`")[1] == "0.432"
+    assert table_row(rm, "`reward/n_test_pairs`")[1] == "60"
     # 3. PPO curves per attempt (the retry resumed from step 3), and the DPO stage's curves found generically
     curves = section(text, "Training curves")
     assert table_row(curves, "1")[:4] == ["1", "failed", "1–4", "—"]
@@ -336,7 +336,7 @@ def test_report_of_a_real_tiny_pipeline_run(tmp_path):
     assert table_row(ppo_table, "1")[:3] == ["1", "completed", f"1–{cfg.ppo.steps}"] and steps == cfg.ppo.steps
     for stage in ("SFT", "Reward", "DPO", "RLOO"):  # every stage with per-step metrics gets its curves
         assert f"### {stage}\n" in ppo_table, stage
-    assert "`rm/accuracy`" in section(text, "Reward model")
+    assert "`reward/accuracy`" in section(text, "Reward model")
     assert "KL sweep: not in this store yet" in text  # a pipeline run records no sweep
     for name in ("ppo_curves.png", "policy_rewards.png", "rm_accuracy_by_intent.png", "rm_reward_vs_length.png",
                  "curves_dpo.png", "curves_rloo.png"):

@@ -30,23 +30,23 @@ def tiny_run(tmp_path_factory):
 
 
 def test_sft_loss_goes_down(tiny_run):
-    _, results, store = tiny_run
+    cfg, results, store = tiny_run
     losses = store.query("select step, value from metrics where name = 'sft/loss' order by step")
     assert len(losses) >= 3
     assert losses["value"].iloc[-1] < 0.7 * losses["value"].iloc[0]
-    assert (results["sft"].output_dir and is_complete(results["sft"].output_dir))
+    assert is_complete(results["sft"].path(cfg.output_dir))
 
 
 def test_reward_model_metrics_recorded(tiny_run):
     _, results, store = tiny_run
-    rows = store.query("select name, value from metrics where name like 'rm/%' and name not like 'rm/train_%'")
+    rows = store.query("select name, value from metrics where name like 'reward/%' and name not like 'reward/train_%'")
     names = set(rows["name"])
-    for name in ("rm/accuracy", "rm/label_ceiling", "rm/accuracy_gold", "rm/margin", "rm/length_corr", "rm/gold_corr", "rm/filler_effect"):
+    for name in ("reward/accuracy", "reward/label_ceiling", "reward/accuracy_gold", "reward/margin", "reward/length_corr", "reward/gold_corr", "reward/filler_effect"):
         assert name in names
-    assert any(n.startswith("rm/accuracy/") for n in names)  # per intent
-    accuracy = rows.set_index("name")["value"]["rm/accuracy"]
+    assert any(n.startswith("reward/accuracy/") for n in names)  # per intent
+    accuracy = rows.set_index("name")["value"]["reward/accuracy"]
     assert accuracy > 0.65  # clearly better than chance, even this tiny
-    assert results["reward"].metrics["rm/accuracy"] == pytest.approx(accuracy)
+    assert results["reward"].metrics["reward/accuracy"] == pytest.approx(accuracy)
 
 
 def test_lineage_recorded(tiny_run):
@@ -65,13 +65,13 @@ def test_rerun_reuses_complete_stages_and_recomputes_a_corrupt_one(tiny_run):
     assert all(r.cache_hit for r in again.values())
     assert again["reward"].metrics == results["reward"].metrics
     # Corrupt the reward model's weights: the stage is no longer complete, and a rerun recomputes it.
-    weights = next(p for p in (results["reward"].output_dir and __import__("pathlib").Path(results["reward"].output_dir)).iterdir() if p.suffix == ".safetensors")
+    weights = next(p for p in results["reward"].path(cfg.output_dir).iterdir() if p.suffix == ".safetensors")
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
-    assert not is_complete(results["reward"].output_dir)
+    assert not is_complete(results["reward"].path(cfg.output_dir))
     third = run_pipeline(cfg, FOUNDATION)
     assert third["data"].cache_hit and third["sft"].cache_hit and not third["reward"].cache_hit
-    assert is_complete(third["reward"].output_dir)
-    assert third["reward"].metrics["rm/accuracy"] == pytest.approx(results["reward"].metrics["rm/accuracy"])  # deterministic
+    assert is_complete(third["reward"].path(cfg.output_dir))
+    assert third["reward"].metrics["reward/accuracy"] == pytest.approx(results["reward"].metrics["reward/accuracy"])  # deterministic
     hits = store.query("select stage, cache_hit from stage_runs order by started_at")
     assert list(hits["cache_hit"][-3:]) == [True, True, False]
 
@@ -91,9 +91,9 @@ def _cli(*args, cwd=None):
 
 def test_cli_query_formats_and_read_only(tiny_run):
     cfg, _, store = tiny_run
-    out = _cli("query", "select round(value, 6) as v from metrics where name = 'rm/accuracy'", "--output-dir", str(cfg.output_dir), "--format", "json")
+    out = _cli("query", "select round(value, 6) as v from metrics where name = 'reward/accuracy'", "--output-dir", str(cfg.output_dir), "--format", "json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)[0]["v"] == pytest.approx(store.query("select value from metrics where name='rm/accuracy'")["value"][0], abs=1e-6)
+    assert json.loads(out.stdout)[0]["v"] == pytest.approx(store.query("select value from metrics where name='reward/accuracy'")["value"][0], abs=1e-6)
     csv = _cli("query", "select stage from stage_runs order by started_at limit 1", "--output-dir", str(cfg.output_dir), "--format", "csv")
     assert csv.stdout.splitlines() == ["stage", "data"]
     before = len(store.query("select * from metrics"))

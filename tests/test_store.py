@@ -15,9 +15,9 @@ import duckdb
 import pandas as pd
 import pytest
 
+from minirlhf.stage import content_digest, sha256_file, write_manifest
 from minirlhf.store import (
-    SCHEMA_VERSION, ReadOnlyQueryError, SchemaVersionError, Store, StoreLocked, directory_digest, sha256_file,
-    verify_manifest, write_manifest,
+    SCHEMA_VERSION, ReadOnlyQueryError, SchemaVersionError, Store, StoreLocked,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_artifacts_samples_and_failure_events(store, tmp_path):
     store.log_artifact("s1", "weights", ckpt / "model.bin")  # again: replaced, not duplicated
     arts = store.query("select kind, path, sha256, bytes from artifacts order by kind").to_dict("records")
     assert len(arts) == 2
-    assert arts[0]["sha256"] == directory_digest(ckpt) and arts[0]["path"] == str(ckpt.resolve())
+    assert arts[0]["sha256"] == content_digest(ckpt) and arts[0]["path"] == str(ckpt.resolve())
     assert arts[0]["bytes"] == sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     assert arts[1]["sha256"] == sha256_file(ckpt / "model.bin") and arts[1]["bytes"] == 3000
     with pytest.raises(FileNotFoundError):
@@ -201,7 +201,7 @@ def test_writer_waits_for_another_process_then_succeeds(store):
     store.start_run({})
     holder = python_child(HOLD_LOCK, str(store.path), "2")
     assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
-    store.log_metrics("s1", {"rm/accuracy": 0.7}, step=1)  # blocks until the holder lets go
+    store.log_metrics("s1", {"reward/accuracy": 0.7}, step=1)  # blocks until the holder lets go
     done = time.time()
     released = float(holder.stdout.readline())
     assert holder.wait(timeout=30) == 0
@@ -216,7 +216,7 @@ def test_writer_gives_up_with_store_locked(store):
         assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
         impatient = Store(store.path, lock_timeout_s=0.3)
         with pytest.raises(StoreLocked, match=str(store.path)):
-            impatient.log_metrics("s1", {"rm/accuracy": 0.7})
+            impatient.log_metrics("s1", {"reward/accuracy": 0.7})
         with pytest.raises(StoreLocked):
             impatient.query("select * from metrics")  # readers wait for writers too
     finally:
@@ -249,36 +249,3 @@ def test_two_processes_writing_at_once_both_complete(store, tmp_path):
 
 
 # ---- manifests ------------------------------------------------------------------------------------------
-def make_dir(root: Path) -> Path:
-    (root / "nested").mkdir(parents=True)
-    (root / "weights.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: more than one hashing chunk
-    (root / "nested" / "config.json").write_text('{"n_layer": 2}')
-    return root
-
-
-def test_manifest_lists_files_and_verifies(tmp_path):
-    d = make_dir(tmp_path / "ckpt")
-    manifest = write_manifest(d)
-    (d / "COMPLETE").write_text("done")  # the marker, written after the manifest, is not listed
-    lines = manifest.read_text().splitlines()
-    assert lines == [f"{sha256_file(d / 'nested/config.json')}  nested/config.json",
-                     f"{sha256_file(d / 'weights.bin')}  weights.bin"]
-    assert sha256_file(d / "weights.bin") == hashlib.sha256((d / "weights.bin").read_bytes()).hexdigest()
-    assert directory_digest(d) == hashlib.sha256(manifest.read_bytes()).hexdigest()
-    assert verify_manifest(d) == []
-
-
-def test_manifest_detects_changed_missing_and_extra_files(tmp_path):
-    d = make_dir(tmp_path / "ckpt")
-    write_manifest(d)
-    data = bytearray((d / "weights.bin").read_bytes())
-    data[1_500_000] ^= 1  # one flipped bit, in the second chunk
-    (d / "weights.bin").write_bytes(bytes(data))
-    assert verify_manifest(d) == ["changed: weights.bin"]
-    (d / "nested" / "config.json").unlink()
-    (d / "nested" / "stray.txt").write_text("?")
-    assert sorted(verify_manifest(d)) == ["changed: weights.bin", "extra: nested/stray.txt", "missing: nested/config.json"]
-    (d / "MANIFEST.sha256").unlink()
-    assert verify_manifest(d) and "no manifest" in verify_manifest(d)[0]
-    with pytest.raises(FileNotFoundError, match="write_manifest"):
-        directory_digest(d)

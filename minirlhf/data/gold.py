@@ -199,3 +199,11 @@ def gold_score(prompt: str, response: str) -> GoldScore:
             " on HH-RLHF data there is no gold reward."
         )
     return gold_score_question(q, response)
+
+
+def gold_or_none(prompt: str, response: str) -> float | None:
+    """The gold score of a response, or None when the prompt is not one of the task's (HH data has no gold)."""
+    try:
+        return gold_score(prompt, response).total
+    except NotATaskPrompt:
+        return None

@@ -217,14 +217,23 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def _local_rows(path: Path, split: str, data_dir: str | None) -> Iterator[object]:
+def local_files(source: str | Path, split: str, data_dir: str | None) -> list[Path] | None:
+    """The local files `load_hh(source, ...)` reads, in order; None when `source` is a hub dataset id.
+    (The data stage's cache key holds their content digest: minirlhf.inputs.)"""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if isinstance(source, Path) or _looks_like_path(str(source)):
+            raise FileNotFoundError(
+                f"no HH-RLHF data at {path.resolve()}: expected a .jsonl or .jsonl.gz file, or a folder holding some. "
+                f"Point data.hh_path at one (e.g. ../shared/data/hh-rlhf), or use the hub id 'Anthropic/hh-rlhf' "
+                f"with network access."
+            )
+        return None
     if path.is_dir():
-        files = _files_in_dir(path, split, data_dir)
-    elif path.name.endswith(JSONL_SUFFIXES):
-        files = [path]
-    else:
-        raise ValueError(f"{path} is not a .jsonl or .jsonl.gz file; HH-RLHF rows are read from JSON Lines")
-    return itertools.chain.from_iterable(_read_jsonl(f) for f in files)
+        return _files_in_dir(path, split, data_dir)
+    if path.name.endswith(JSONL_SUFFIXES):
+        return [path]
+    raise ValueError(f"{path} is not a .jsonl or .jsonl.gz file; HH-RLHF rows are read from JSON Lines")
 
 
 def _hub_rows(source: str, split: str, data_dir: str | None) -> Iterator[dict]:
@@ -252,17 +261,11 @@ def load_hh(source: str | Path, *, split: str = "train", data_dir: str | None = 
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
-    path = Path(source).expanduser()
-    if path.exists():
-        rows = _local_rows(path, split, data_dir)
-    elif isinstance(source, Path) or _looks_like_path(str(source)):
-        raise FileNotFoundError(
-            f"no HH-RLHF data at {path.resolve()}: expected a .jsonl or .jsonl.gz file, or a folder holding some. "
-            f"Point data.hh_path at one (e.g. ../shared/data/hh-rlhf), or use the hub id 'Anthropic/hh-rlhf' "
-            f"with network access."
-        )
-    else:
+    files = local_files(source, split, data_dir)
+    if files is None:
         rows = _hub_rows(str(source), split, data_dir)
+    else:
+        rows = itertools.chain.from_iterable(_read_jsonl(f) for f in files)
     return parse_rows(itertools.islice(rows, limit))
 
 

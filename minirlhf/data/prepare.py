@@ -2,7 +2,7 @@
 
 Usage:
     from minirlhf.data.prepare import run_data
-    result = run_data(cfg, Path("artifacts/data/<key>"))   # StageResult; files: see minirlhf/data/task.py
+    result = run_data(cfg, out_dir=Path("artifacts/data/<key>"))   # StageResult; files: see minirlhf/data/task.py
 
 `data.source = "embedded"` (default) generates the offline task with its gold annotator;
 `data.source = "hh"` reads HH-RLHF rows (local .jsonl/.jsonl.gz or the hub id): the first `hh_n_train`
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import generate_task, write_jsonl
-from minirlhf.stage import StageResult, stage_output
+from minirlhf.stage import MetricLogger, StageResult, stage_output
 
 SPLITS = ("sft", "pairs_train", "pairs_test", "rl_prompts", "eval_prompts")
 
@@ -40,9 +40,9 @@ def _write_hh(cfg: PipelineConfig, out: Path) -> dict[str, float]:
     return {"data/hh_rows": loaded.n_rows, "data/hh_pairs": len(loaded.pairs), "data/hh_rejected_rows": len(loaded.problems)}
 
 
-def run_data(cfg: PipelineConfig, out_dir: Path) -> StageResult:
+def run_data(cfg: PipelineConfig, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
     started = time.perf_counter()
-    result = StageResult("data", "", "")
+    result = StageResult("data")
     with stage_output(out_dir, result) as tmp:
         if cfg.data.source == "embedded":
             counts = generate_task(cfg.data, tmp)

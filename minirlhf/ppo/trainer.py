@@ -25,40 +25,37 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GenerationConfig
 
 from minirlhf.config import PipelineConfig
-from minirlhf.data.gold import NotATaskPrompt, gold_score
+from minirlhf.data.gold import gold_or_none
 from minirlhf.data.task import read_jsonl
+from minirlhf.errors import PPOUnstable
+from minirlhf.generation import decode_responses, encode_prompts, position_ids_from, response_logits, sample_responses, sampling_config
 from minirlhf.models import add_lora, is_peft, load_policy, load_reward_model, merge_lora, resolve_device
 from minirlhf.ppo import core
 from minirlhf.reward import score_texts
-from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from minirlhf.store import verify_manifest, write_manifest
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, atomic_dir, output_problems, stage_output
+
+__all__ = ["PPOTrainer", "PPOUnstable", "Rollout", "build_trainer", "checkpoint_dir_for", "run_ppo"]
 
 log = logging.getLogger("minirlhf.ppo")
 
 TRAINER_STATE = "trainer_state.pt"
 CURVE = "curve.jsonl"  # every step's metrics, in checkpoints and in the output (the detectors read it)
 VALUE_HEAD = "value_head.safetensors"
-
-
-class PPOUnstable(RuntimeError):
-    """The run became numerically unstable; retry from `last_good_checkpoint` (None: from the start)."""
-
-    def __init__(self, cause: str, step: int, last_good_checkpoint: Path | None, detail: str = ""):
-        self.cause, self.step, self.last_good_checkpoint = cause, step, last_good_checkpoint
-        where = last_good_checkpoint or "none (the run restarts from the SFT model)"
-        super().__init__(f"PPO unstable at step {step}: {cause}{' (' + detail + ')' if detail else ''}; last good checkpoint: {where}")
+TIMINGS = "ppo/time/"  # per-step timings go to the store only: stage outputs hold no timings (minirlhf.stage)
+# Test hook: MINIRLHF_TEST_PPO_NAN_AT_STEP=N poisons the loss at step N of a first attempt (run_ppo), to exercise
+# the guard and the retry path end to end through any orchestrator. Never set outside tests; in no key.
+TEST_NAN_AT_STEP_ENV = "MINIRLHF_TEST_PPO_NAN_AT_STEP"
 
 
 @dataclass
@@ -77,49 +74,6 @@ class Rollout:
     responses: list[str]
     gold: list[float | None]
     intents: list[str]
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of prompts, cut from the left to `max_prompt_length` and left-padded for generation."""
-    encoded = [ids[-max_prompt_length:] for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    ids, mask = left_pad(encoded, tokenizer.pad_token_id)
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def sample_responses(policy, tokenizer, query_ids, query_mask, generation_config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample responses; returns (response_ids padded after EOS, mask up to and including EOS, has_eos)."""
-    policy.eval()
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
-    response_ids = out[:, query_ids.shape[1] :]
-    response_mask, has_eos = core.response_mask_from_eos(response_ids, tokenizer.eos_token_id)
-    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
-    return response_ids, response_mask.float(), has_eos
-
-
-def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    return [tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
-
-
-def sampling_config(tokenizer, temperature: float, max_new_tokens: int) -> GenerationConfig:
-    """Pure sampling at `temperature` (no top-k/top-p), as PPO's policy-gradient assumes."""
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-
-
-def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` uses them: the first real token is position 0."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 class PPOTrainer:
@@ -145,31 +99,28 @@ class PPOTrainer:
             value_params = list(self.value_head.parameters())
         # With LoRA only the adapters require grad: the frozen base weights stay out of the optimiser.
         self.params = [p for p in policy.parameters() if p.requires_grad] + value_params
-        lr = self.args.learning_rate * lr_scale
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, eps=1e-5)
-        # Linear decay to zero over the run (Huang et al. 2024, detail on learning-rate annealing).
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / self.args.steps))
+        self.base_lr = self.args.learning_rate * lr_scale
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.base_lr, eps=1e-5)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
         if self.args.adaptive_kl:
             self.kl_ctl = core.AdaptiveKLController(self.args.kl_coef, self.args.kl_target, self.args.kl_horizon)
         else:
             self.kl_ctl = core.FixedKLController(self.args.kl_coef)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # which prompts each step samples
-        self.generation_config = sampling_config(tokenizer, self.args.temperature, self.args.response_length)
+        self.generation_config = sampling_config(tokenizer, self.args.temperature, self.args.max_new_tokens)
         self.step = 0
         self.curve: list[dict] = []  # [{'step': 1, 'ppo/kl': ...}, ...], restored on resume
         self.last_good_checkpoint: Path | None = None
         self.inject_nan_at_step: int | None = None  # testing aid: see run_ppo
 
+    def lr_lambda(self, step: int) -> float:
+        """Linear decay to zero over the run (Huang et al. 2024, detail on learning-rate annealing)."""
+        return max(0.0, 1.0 - step / self.args.steps)
+
     # ---- model passes -------------------------------------------------------------------------------
     def _forward(self, model, query_ids, query_mask, response_ids, response_mask, hidden: bool = False):
-        """Logits over the response tokens (and the policy's last hidden states if asked)."""
-        input_ids = torch.cat([query_ids, response_ids], 1)
-        attention_mask = torch.cat([query_mask, (response_mask > 0).long()], 1)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from(attention_mask),
-                    output_hidden_states=hidden)
-        q = query_ids.shape[1]
-        logits = out.logits[:, q - 1 : -1] / self.args.temperature  # (batch, resp_len, vocab)
-        return logits, (out.hidden_states[-1][:, q - 1 : -1] if hidden else None)
+        """Logits over the response tokens at the sampling temperature (and the last hidden states if asked)."""
+        return response_logits(model, query_ids, query_mask, response_ids, response_mask, self.args.temperature, hidden)
 
     def _values(self, query_ids, query_mask, response_ids, response_mask, policy_hidden=None):
         """V(s_t) for each response position t: the state is the query plus the response before token t."""
@@ -245,9 +196,9 @@ class PPOTrainer:
                 self.optimizer.step()
                 with torch.no_grad():
                     entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
-                for name, value in (("policy/loss", pg_loss), ("value/loss", vf_loss), ("policy/approxkl", pg_stats["approxkl"]),
-                                    ("policy/clipfrac", pg_stats["clipfrac"]), ("value/clipfrac", vf_stats["clipfrac"]),
-                                    ("policy/ratio_max", pg_stats["ratio_max"]), ("ppo/entropy", entropy)):
+                for name, value in (("ppo/policy/loss", pg_loss), ("ppo/value/loss", vf_loss), ("ppo/policy/approxkl", pg_stats["approxkl"]),
+                                    ("ppo/policy/clipfrac", pg_stats["clipfrac"]), ("ppo/value/clipfrac", vf_stats["clipfrac"]),
+                                    ("ppo/policy/ratio_max", pg_stats["ratio_max"]), ("ppo/entropy", entropy)):
                     stats.setdefault(name, []).append(float(value.detach()))
         self.scheduler.step()
         return {k: (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in stats.items()}
@@ -282,17 +233,18 @@ class PPOTrainer:
             "ppo/non_score_reward": float(non_score_rewards.sum(1).mean()),
             "ppo/response_length": float(batch.response_mask.sum(1).mean()),
             "ppo/eos_rate": float(batch.has_eos.float().mean()),
-            "value/explained_variance": float(core.explained_variance(batch.values, returns, batch.response_mask)),
+            "ppo/value/explained_variance": float(core.explained_variance(batch.values, returns, batch.response_mask)),
             "ppo/lr": self.scheduler.get_last_lr()[0],
-            "time/rollout_s": t1 - t0,
-            "time/update_s": t2 - t1,
+            "ppo/time/rollout_s": t1 - t0,
+            "ppo/time/update_s": t2 - t1,
             **update_stats,
         }
         if gold:
             metrics["ppo/gold_reward"] = sum(gold) / len(gold)
         self.kl_ctl.update(mean_kl, self.args.batch_size)
         self.logger.log_metrics(metrics, step=self.step)
-        self.curve.append({"step": self.step, **{k: float(v) for k, v in metrics.items()}})
+        # The curve holds what the run computed, not how long it took: an exact resume reproduces it byte for byte.
+        self.curve.append({"step": self.step, **{k: float(v) for k, v in metrics.items() if not k.startswith(TIMINGS)}})
         if self.step % self.args.sample_every == 0 or self.step == 1:
             self.logger.log_samples(
                 [{"prompt": p, "response": r, "proxy_reward": float(s), "gold_reward": g, "intent": i}
@@ -315,9 +267,7 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         final = self.checkpoint_dir / f"step-{self.step:06d}"
-        tmp = self.checkpoint_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:6]}"
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_dir(final) as tmp:  # the stage-output protocol: manifest, COMPLETE, rename
             self.policy.save_pretrained(tmp / "policy")
             if self.value_model is not None:
                 self.value_model.save_pretrained(tmp / "value")
@@ -325,13 +275,6 @@ class PPOTrainer:
                 save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, tmp / VALUE_HEAD)
             torch.save(self.state(), tmp / TRAINER_STATE)
             write_curve(self.curve, tmp / CURVE)
-            write_manifest(tmp)
-            (tmp / "COMPLETE").write_text(str(self.step))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         for old in self.checkpoints()[self.args.keep_checkpoints :]:
             shutil.rmtree(old, ignore_errors=True)
         self.last_good_checkpoint = final
@@ -341,18 +284,19 @@ class PPOTrainer:
         """Checkpoint directories, newest first (valid or not)."""
         return sorted(self.checkpoint_dir.glob("step-*"), reverse=True) if self.checkpoint_dir.exists() else []
 
-    def resume(self, lr_scale: float = 1.0) -> Path | None:
-        """Load the newest valid checkpoint; skip (with a warning) any that is partial or corrupt."""
+    def resume(self) -> Path | None:
+        """Load the newest valid checkpoint; skip (with a warning) any that is partial or corrupt. The learning
+        rate stays this trainer's (a retry's scaled one), never the checkpoint's: scales do not compound."""
         for ckpt in self.checkpoints():
-            problems = ["no COMPLETE marker"] if not (ckpt / "COMPLETE").is_file() else verify_manifest(ckpt)
+            problems = output_problems(ckpt)
             if problems:
                 log.warning("skipping checkpoint %s: %s", ckpt, "; ".join(problems[:3]))
                 continue
             self._load(ckpt)
-            if lr_scale != 1.0:  # a retry after instability: continue more carefully
-                for group in self.optimizer.param_groups:
-                    group["lr"] *= lr_scale
-                self.scheduler.base_lrs = [lr * lr_scale for lr in self.scheduler.base_lrs]
+            self.scheduler.base_lrs = [self.base_lr] * len(self.optimizer.param_groups)
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.base_lr
+                group["lr"] = self.base_lr * self.lr_lambda(self.scheduler.last_epoch)
             self.last_good_checkpoint = ckpt
             log.info("resumed from %s (step %d)", ckpt, self.step)
             return ckpt
@@ -380,9 +324,10 @@ class PPOTrainer:
         random.setstate((3, tuple(state["python_rng"]), None))
 
     def train(self) -> dict[str, float]:
+        """Train to `ppo.steps`, checkpointing; returns the last step's metrics (those of the curve when a run
+        resumed at its final checkpoint and had nothing left to train)."""
         from tqdm.auto import tqdm
 
-        metrics: dict[str, float] = {}
         with tqdm(total=self.args.steps, initial=self.step, desc="ppo", unit="step") as bar:
             while self.step < self.args.steps:
                 metrics = self.train_step()
@@ -391,14 +336,7 @@ class PPOTrainer:
                 bar.update(1)
                 bar.set_postfix(proxy=f"{metrics['ppo/proxy_reward']:.2f}", gold=f"{metrics.get('ppo/gold_reward', float('nan')):.2f}",
                                 kl=f"{metrics['ppo/kl']:.2f}")
-        return metrics
-
-
-def gold_or_none(prompt: str, response: str) -> float | None:
-    try:
-        return gold_score(prompt, response).total
-    except NotATaskPrompt:
-        return None
+        return {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
 
 
 def write_curve(curve: list[dict], path: Path) -> None:
@@ -437,22 +375,30 @@ def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir
     return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts, checkpoint_dir, logger, lr_scale)
 
 
+def retry_lr_scale(cfg: PipelineConfig, attempt: int) -> float:
+    """The learning-rate scale of attempt N (1 = the first): `ppo.lr_scale_on_retry ** (N - 1)`."""
+    return cfg.ppo.lr_scale_on_retry ** (attempt - 1)
+
+
 def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, out_dir: Path,
-            logger: MetricLogger | None = None, lr_scale: float = 1.0, inject_nan_at_step: int | None = None) -> StageResult:
-    """Train (or resume) PPO and write the final policy to `out_dir`. `lr_scale` < 1 on a retry after
-    instability. `inject_nan_at_step` (testing aid) poisons the loss at that step of a run that did not
-    resume, to exercise the guard and the retry path."""
+            logger: MetricLogger | None = None, attempt: int = 1, inject_nan_at_step: int | None = None) -> StageResult:
+    """Train (or resume) PPO and write the final policy to `out_dir`. Attempt N > 1 is a retry after PPOUnstable:
+    it resumes from the newest valid checkpoint, or starts over, at `retry_lr_scale(cfg, N)` times the learning
+    rate. `inject_nan_at_step` (testing aid; default from $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at
+    that step of a first attempt."""
     started = time.perf_counter()
-    trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, checkpoint_dir_for(out_dir), logger)
-    resumed = trainer.resume(lr_scale)
-    trainer.inject_nan_at_step = inject_nan_at_step if resumed is None else None
+    trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, checkpoint_dir_for(out_dir), logger,
+                            lr_scale=retry_lr_scale(cfg, attempt))
+    resumed = trainer.resume()
+    if inject_nan_at_step is None and os.environ.get(TEST_NAN_AT_STEP_ENV):
+        inject_nan_at_step = int(os.environ[TEST_NAN_AT_STEP_ENV])
+    trainer.inject_nan_at_step = inject_nan_at_step if attempt == 1 else None
     metrics = trainer.train()
-    result = StageResult("ppo", "", "", metrics={k: float(v) for k, v in metrics.items()}, step=trainer.step)
+    result = StageResult("ppo", metrics={k: float(v) for k, v in metrics.items()}, step=trainer.step)
+    result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
     with stage_output(out_dir, result) as tmp:
         merge_lora(trainer.policy).save_pretrained(tmp)  # LoRA adapters folded in: a plain checkpoint
         trainer.tokenizer.save_pretrained(tmp)
-        result.seconds = time.perf_counter() - started
-        result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
-        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
         write_curve(trainer.curve, tmp / CURVE)
+        result.seconds = time.perf_counter() - started
     return result

@@ -1,0 +1,109 @@
+"""One key per stage over everything it reads (fast tier): the code files it runs, its config, its upstream
+digests and the content of its outside inputs. The end-to-end checks (a changed file, an edited source, a
+recomputed SFT, a moved output root) are in tests/test_cache_e2e.py."""
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+from minirlhf.config import load_config
+from minirlhf.pipeline import PACKAGE_DIR, PIPELINE, STAGES, code_version, plan
+from minirlhf.stage import StageResult
+from tests.conftest import SHARED_HH
+
+# Modules every stage imports whose source is not part of any stage's output: the config is keyed by value (its
+# sections' JSON), the protocol and the store decide where things go, not what they hold.
+KEYED_BY_VALUE = {"config.py", "stage.py", "store.py", "errors.py", "inputs.py", "pipeline.py", "__init__.py",
+                  "ppo/__init__.py", "data/__init__.py"}
+
+
+def imported_files(entry_module: str) -> set[str]:
+    """Every minirlhf source file the entry module reaches through imports written anywhere in a file."""
+    seen, pending, files = set(), {entry_module}, set()
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+        path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+        if path is None:
+            continue  # a name imported from a module, not a module
+        files.add(path.relative_to(PACKAGE_DIR).as_posix())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                pending |= {a.name for a in node.names if a.name.startswith("minirlhf")}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("minirlhf"):
+                pending |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return files
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_code_list_covers_every_module_it_imports(stage):
+    module = STAGES[stage].entry.split(":")[0]
+    missing = imported_files(module) - set(STAGES[stage].code) - KEYED_BY_VALUE
+    assert not missing, f"add {sorted(missing)} to STAGES[{stage!r}].code in minirlhf/pipeline.py"
+    assert all((PACKAGE_DIR / rel).is_file() for rel in STAGES[stage].code)
+
+
+def test_code_versions_differ_by_stage():
+    assert len({code_version(s) for s in STAGES}) == len(STAGES)
+
+
+def _fake(name: str, digest: str = "") -> StageResult:
+    return StageResult(name, "k", digest or f"{name}-digest")
+
+
+def test_key_moves_with_config_upstream_digest_and_nothing_else():
+    cfg = load_config(None)
+    data = {"data": _fake("data")}
+    key = plan(cfg, "sft", data).key
+    assert plan(cfg, "sft", {"data": _fake("data", "other")}).key != key
+    assert plan(load_config(None, ["sft.learning_rate=0.001"]), "sft", data).key != key
+    assert plan(load_config(None, ["ppo.kl_coef=0.01"]), "sft", data).key == key  # PPO's section is not SFT's
+    assert plan(load_config(None, ["output_dir=/elsewhere"]), "sft", data).key == key  # the root is not in it
+    assert plan(load_config(None, ["store.lock_timeout_s=5"]), "sft", data).key == key
+
+
+def test_a_local_model_directory_is_keyed_by_its_content_not_its_name(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"n_layer": 2}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    data = {"data": _fake("data")}
+    key = plan(load_config(None, [f"model.policy={model}"]), "sft", data).key
+    shutil.copytree(model, tmp_path / "renamed")
+    assert plan(load_config(None, [f"model.policy={tmp_path / 'renamed'}"]), "sft", data).key == key
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert plan(load_config(None, [f"model.policy={model}"]), "sft", data).key != key
+
+
+def _hh_cfg(path: Path):
+    return load_config(None, ["data.source=hh", f"data.hh_path={path}"])
+
+
+def test_an_hh_file_is_keyed_by_its_content(tmp_path):
+    source = sorted(SHARED_HH.glob("*.jsonl.gz"))
+    if not source:
+        pytest.fail(f"no HH-RLHF file under {SHARED_HH}: the shared data must be beside the checkout")
+    a = tmp_path / "a.jsonl.gz"
+    shutil.copy(source[0], a)
+    key = plan(_hh_cfg(a), "data", {}).key
+    b = tmp_path / "elsewhere" / "b.jsonl.gz"
+    b.parent.mkdir()
+    shutil.copy(a, b)
+    assert plan(_hh_cfg(b), "data", {}).key == key  # a copy at another path: same rows, same key
+    a.write_bytes(a.read_bytes()[:-100] + b"\0" * 100)  # other bytes at the same path
+    assert plan(_hh_cfg(a), "data", {}).key != key
+
+
+def test_every_pipeline_stage_is_planned_with_its_inputs():
+    cfg = load_config(None)
+    results = {name: _fake(name) for name in PIPELINE}
+    spec = plan(cfg, "eval", results)
+    assert set(spec.inputs["policies"]) == {"sft", "ppo", "dpo", "rloo"}
+    assert plan(cfg, "ppo", results).inputs == {f"{u}_dir": Path(cfg.output_dir) / u / "k" for u in ("data", "sft", "reward")}
+    minilm = load_config(None, ["model.reward_backbone=minilm"])
+    assert plan(minilm, "reward", results).inputs["sft_dir"] is None  # another backbone does not read SFT
