@@ -17,7 +17,6 @@ the page says the store is busy instead of showing a traceback.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from minirlhf.gao import gao_rl
 from minirlhf.store import Store, StoreLocked
 
 QUERIES = Path(__file__).resolve().parent / "queries"
@@ -245,8 +245,8 @@ def page_sweep() -> None:
                         var_name="reward", value_name="gain").dropna()
     gains["reward"] = gains["reward"].str.replace("_gain", "")
     grid = [points["d"].max() * 1.15 * (i + 1) / 100 for i in range(100)]
-    curves = pd.DataFrame([{"reward": f["reward"], "d": d, "gain": d * (f["alpha"] - f["beta"] * math.log(d))}
-                           for _, f in fits.iterrows() for d in grid])
+    curves = pd.DataFrame([{"reward": f["reward"], "d": d, "gain": gain}  # R(d): minirlhf/gao.py, as the sweep fitted it
+                           for _, f in fits.iterrows() for d, gain in zip(grid, gao_rl(grid, f["alpha"], f["beta"]))])
     dots = alt.Chart(gains).mark_point(filled=True, size=80).encode(
         x=alt.X("d:Q", title="d = sqrt(KL to SFT)"), y=alt.Y("gain:Q", title="reward gained over SFT"),
         color="reward:N", tooltip=["reward", "kl_coef", "d", "gain"])

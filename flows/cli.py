@@ -5,46 +5,95 @@ Usage:
     minirlhf sweep [--config ...] [--kl-coefs 0.5,0.2,0.1,0.05]           # the over-optimisation sweep flow
     minirlhf serve [--config ...] [--cron "0 3 * * *"]                   # a deployment served by this process
     minirlhf run | query | report | ...                                    # see `minirlhf --help`
+    minirlhf flow --verbose     # every library warning and bar, Prefect's INFO lines (default: the UI's logs only)
 
 `make demo` is `minirlhf flow --config configs/demo.yaml`: every stage a cached Prefect task, so a second
-`make demo` answers every stage from the cache. Without PREFECT_API_URL the flow runs against a temporary
-local Prefect server; with it (after `prefect server start`), the run shows in the Prefect UI.
+`make demo` answers every stage from the cache. Without PREFECT_API_URL the flow runs against a local Prefect
+server on 127.0.0.1:4200, started in the background by the first run and left running for the next ones and
+for its UI (flows/server.py; `prefect server stop` stops it); `--ephemeral` uses Prefect's temporary
+per-run server instead. With PREFECT_API_URL set, the flow runs against that server.
 The commands live here, not in minirlhf/cli.py, because the library never imports Prefect
 (flows -> tasks -> minirlhf); pyproject.toml points the `minirlhf` script at this module.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Annotated, Optional
 
 # The library's log lines (stage starts, reuse, PPO progress) in the flow run's logs; read at Prefect's import.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "minirlhf")
+# The temporary server Prefect starts without PREFECT_API_URL gets 20 s by default: too few on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import typer  # noqa: E402
 
-from minirlhf.cli import ConfigOpt, SetOpt, _load, app, console, err_console, print_results  # noqa: E402
+from minirlhf.cli import ConfigOpt, SetOpt, VerboseOpt, _load, app, check_before_run, console, err_console, print_results  # noqa: E402
+from minirlhf.console import SummarisedFilter, is_verbose, next_commands, set_verbose  # noqa: E402
+from minirlhf.errors import UserError  # noqa: E402
 
 SERVE_NAME = "rlhf-serve"
+EphemeralOpt = Annotated[bool, typer.Option("--ephemeral", help="run against Prefect's temporary per-run server instead "
+                                             "of the local one on 127.0.0.1:4200 (slower: it starts at every run)")]
+
+
+def choose_server(ephemeral: bool) -> str | None:
+    """Before Prefect's import: the server this process talks to. PREFECT_API_URL wins; else the local server
+    (started if needed), unless --ephemeral. Returns the UI's address, or None for a temporary server."""
+    from flows.server import use_local_server
+
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"].removesuffix("/api")
+    if ephemeral:
+        return None
+    return use_local_server().removesuffix("/api")
+
+
+def quiet_prefect_console(verbose: bool) -> None:
+    """Called before Prefect is imported (it reads its logging settings then). Unless --verbose, Prefect's console
+    handler shows warnings and errors only; its loggers keep their levels, so every INFO line (flow and task run
+    states, the library's own lines) still reaches the API handler: the flow run's logs in the UI keep every
+    detail. (PREFECT_LOGGING_LEVEL would not do: it is the loggers' level, so it would cut what reaches the API too.)
+    MINIRLHF_VERBOSE carries --verbose into the stage tasks (minirlhf.console)."""
+    set_verbose(verbose)
+    if not is_verbose():
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline, its telemetry fails in ERROR lines
+
+
+def route_library_logs() -> None:
+    """After Prefect's import: the library's INFO lines (a stage computing or reused, PPO resuming) reach the flow
+    run's logs, Prefect's console handler leaves out what the summary lists (the eval stage's failure events)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    logging.getLogger("minirlhf").setLevel(logging.INFO)
+    if not is_verbose():
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(SummarisedFilter())
 
 
 @app.command()
-def flow(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False, ephemeral: EphemeralOpt = False) -> None:
     """Run the whole pipeline as the Prefect flow `rlhf-pipeline` (cached stage tasks, PPO retries)."""
+    cfg = _load(config, set_)
+    check_before_run(cfg)  # a bad input fails here, in one line, before Prefect starts and the store records a run
+    quiet_prefect_console(verbose)
+    ui = choose_server(ephemeral)
     from flows.pipeline import rlhf_pipeline
 
-    cfg = _load(config, set_)
+    route_library_logs()
     started = time.perf_counter()
-    state = rlhf_pipeline(cfg, return_state=True)
+    state = rlhf_pipeline(cfg, return_state=True)  # each stage prints its progress line, or one line when done
     if not state.is_completed():
         err_console.print(f"[red]flow run {state.state_details.flow_run_id} ended {state.name}:[/red] {state.message}")
         raise typer.Exit(1)
-    results = state.result()
-    for name, result in results.items():
-        how = "Cached (reused)" if result.cache_hit else f"{result.seconds:.1f} s"
-        console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.path(cfg.output_dir)}")
-    print_results(cfg, results, time.perf_counter() - started)
+    print_results(cfg, state.result(), time.perf_counter() - started)
+    if ui:
+        console.print(f"Prefect UI: {ui}  (the server stays up for the next run; `prefect server stop` stops it)",
+                      markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -52,29 +101,40 @@ def sweep(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     kl_coefs: Annotated[str, typer.Option(help="comma-separated ppo.kl_coef values, one PPO run each")] = "0.5,0.2,0.1,0.05,0.02,0.01",
+    verbose: VerboseOpt = False,
+    ephemeral: EphemeralOpt = False,
 ) -> None:
     """The over-optimisation sweep (Prefect flow `overoptimization-sweep`): PPO at several KL coefficients on the
     same cached SFT and reward model; gold and proxy reward against d = sqrt(KL), fitted as in Gao et al. 2022."""
-    from flows.sweep import overoptimization_sweep
-
     try:
         coefs = [float(c) for c in kl_coefs.split(",") if c.strip()]
     except ValueError:
-        err_console.print(f"[red]--kl-coefs must be numbers separated by commas, e.g. 0.2,0.05 (got {kl_coefs!r})[/red]")
-        raise typer.Exit(2) from None
+        raise UserError(f"--kl-coefs must be numbers separated by commas, e.g. 0.2,0.05 (got {kl_coefs!r})") from None
     if len(set(coefs)) < 2 or any(c < 0 for c in coefs):
-        err_console.print(f"[red]--kl-coefs needs at least two different non-negative values (got {kl_coefs!r})[/red]")
-        raise typer.Exit(2)
+        raise UserError(f"--kl-coefs needs at least two different non-negative values (got {kl_coefs!r})")
     cfg = _load(config, set_)
+    check_before_run(cfg)
+    quiet_prefect_console(verbose)
+    choose_server(ephemeral)
+    from flows.sweep import overoptimization_sweep
+
+    route_library_logs()
     started = time.perf_counter()
     state = overoptimization_sweep(cfg, kl_coefs=coefs, return_state=True)
     if not state.is_completed():
         err_console.print(f"[red]sweep flow run {state.state_details.flow_run_id} ended {state.name}:[/red] {state.message}")
         raise typer.Exit(1)
     result = state.result()
-    for name, value in sorted(result.metrics.items()):
-        console.print(f"{name} = {value:.4g}")
-    console.print(f"[bold green]✓ sweep[/bold green] {time.perf_counter() - started:.1f} s → {result.path(cfg.output_dir)}/overoptimization.png")
+    console.print(f"\n[bold]{cfg.name}[/bold]: sweep over {len(set(coefs))} KL coefficients in {time.perf_counter() - started:.1f} s")
+    console.print("fit of the reward gain over SFT, R(d) = d(α - β log d), d = sqrt(KL):")
+    for reward in ("gold", "proxy"):
+        fit = {k.rsplit("/", 1)[1]: v for k, v in result.metrics.items() if k.startswith(f"sweep/fit/{reward}/")}
+        if {"alpha", "beta", "r2"} <= fit.keys():
+            peak = f"peak at d = {fit['d_star']:.2f}" if "d_star" in fit else "no peak"
+            console.print(f"  {reward:<6} α {fit['alpha']:+.3f}  β {fit['beta']:+.3f}  R² {fit['r2']:.2f}  {peak}")
+    console.print(f"figure: {result.path(cfg.output_dir)}/overoptimization.png", markup=False)
+    report = next_commands(cfg, None)[1][0]
+    console.print(f"next: {report}  # the report, with the sweep's figure and fits", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -91,9 +151,8 @@ def serve(
     from flows.pipeline import rlhf_pipeline
 
     if not PREFECT_API_URL.value():
-        err_console.print("[red]serve needs a Prefect server:[/red] run `prefect server start` in another terminal, then "
-                          "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again.")
-        raise typer.Exit(2)
+        raise UserError("serve needs a Prefect server: run `prefect server start` in another terminal, then "
+                        "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again.")
     cfg = _load(config, set_)
     console.print(f"serving rlhf-pipeline/{name} with config '{cfg.name}' (Ctrl-C stops; "
                   f"`prefect deployment run rlhf-pipeline/{name}` or the UI's Run button starts a run)")

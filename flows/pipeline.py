@@ -23,7 +23,7 @@ from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
 from minirlhf.pipeline import enabled_stages, plan
-from minirlhf.report import build_report
+from minirlhf.report import ReportFigure, compose_report, write_report
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from prefect import flow
@@ -92,11 +92,20 @@ def publish_summary(config: PipelineConfig, results: dict[str, StageResult], run
     if "eval" in results:
         create_table_artifact(policy_comparison(results["eval"].metrics), key=f"{slug}-policies",
                               description="SFT vs RLHF policies on held-out prompts (eval/<policy>/<metric>)")
-        # The full report (minirlhf report), written to <output_dir>/report and shown in the UI; its figures are
-        # PNG files beside report.md (the UI shows the text and tables, the file has the pictures).
+        # The full report (minirlhf report): report.md with its PNG figures in <output_dir>/report, and the same
+        # text in the UI, where each figure is a link to the dashboard page that draws it (a browser on the UI
+        # cannot load the PNGs, local files of this machine).
         report_dir = Path(config.output_dir) / "report"
-        create_markdown_artifact(build_report(db, report_dir, run_id=run_id).read_text(), key=f"{slug}-report",
-                                 description=f"RLHF report of run {run_id[:8]}; figures in {report_dir.resolve()}")
+        report = compose_report(db, report_dir, run_id=run_id)
+        write_report(report, report_dir)
+        create_markdown_artifact(report.markdown(figure=figure_link), key=f"{slug}-report",
+                                 description=f"RLHF report of run {run_id[:8]}; report.md with its figures in "
+                                             f"{report_dir.resolve()}")
+
+
+def figure_link(figure: ReportFigure) -> str:
+    """A report figure in the UI: a link to the dashboard page that draws the same data, for the same run."""
+    return f"[📈 {figure.alt}: open the dashboard's {figure.page} page]({dashboard_link(figure.run_id, figure.page)})"
 
 
 def dashboard_link(run_id: str, page: str = "comparison") -> str:

@@ -1,15 +1,17 @@
 """The `minirlhf` command.
 
 Usage:
-    minirlhf run --config configs/demo.yaml [--set ppo.kl_coef=0.02] [--stages sft,reward]
+    minirlhf run --config configs/demo.yaml [--set ppo.kl_coef=0.02] [--stages sft,reward] [--verbose]
     minirlhf data preview [--config configs/demo.yaml] [-n 8]
     minirlhf query "select name, value from metrics where name like 'reward/%'" [--format table|csv|json]
-    minirlhf query --file dashboards/queries/runs.sql
+    minirlhf query --file dashboards/queries/runs.sql [--param run_id=<run_id>]   # $run_id in the SQL
     minirlhf config show --config configs/demo.yaml
     minirlhf report [--output-dir artifacts] [--run <run_id>] [--sweep-run <run_id>]   # artifacts/report/report.md
     minirlhf dashboard [--db artifacts/rlhf.duckdb] [--port 8501]   # http://localhost:8501/?page=runs&run=<run_id>
 
 Queries open the store read-only: a write or DDL statement is refused and changes nothing.
+Something the user fixes (a bad config, data file, path or option: minirlhf.errors.UserError) is printed as one
+line on stderr and exits with code 2, before anything is written; a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,32 +25,79 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+from minirlhf.errors import MissingInput, UnusableInput, UserError, one_line
 
 # The default path is offline: nothing downloads weights or data unless the user lifts these.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="minirlhf: a small, real RLHF pipeline.")
+
+class UserErrorsGroup(TyperGroup):
+    """The one place a UserError becomes what the user sees: one line on stderr, exit code 2, no traceback.
+    Every command, the sub-apps' and flows/cli.py's included, runs inside the top group's `invoke`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            typer.echo(f"error: {one_line(str(err))}", err=True)  # plain echo: rich would wrap a long line
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=UserErrorsGroup, add_completion=False, no_args_is_help=True,
+                  help="minirlhf: a small, real RLHF pipeline.")
 data_app = typer.Typer(no_args_is_help=True, help="Look at the training data.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configurations.")
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # soft_wrap: a message stays one line, as scripts grep it
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the built-in defaults, the same as configs/demo.yaml)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: section.field=value (repeatable)")]
 
 
 def _load(config: Path | None, overrides: list[str] | None):
-    from minirlhf.config import ConfigError, load_config
+    """The validated config; a ConfigError (a UserError) reaches UserErrorsGroup."""
+    from minirlhf.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def check_before_run(cfg, stages: tuple[str, ...] | None = None, stages_text: str | None = None) -> list[str]:
+    """The stages to run; raises UserError for what would otherwise fail mid-run, before a run is recorded or
+    anything written: an unknown stage, an output root that cannot be a writable folder, an HH data file that
+    is missing or not JSON Lines text (its key is computed from its content here, as the run will)."""
+    from minirlhf.inputs import external_inputs
+    from minirlhf.pipeline import needed_stages
 
     try:
-        return load_config(config, overrides or [])
-    except ConfigError as err:
-        err_console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2) from None
+        names = needed_stages(cfg, stages)
+    except ValueError as err:  # unknown, disabled or no stages: its message says which and the choices
+        raise UserError(f"--stages {stages_text!r}: {err}") from None
+    check_output_root(Path(cfg.output_dir))
+    if "data" in names:
+        external_inputs(cfg, "data")  # MissingInput / UnusableInput for data.hh_path; remembered for the run
+    return names
+
+
+def check_output_root(output_dir: Path) -> None:
+    """Raise UserError unless `output_dir` is, or can be created as, a folder this process may write into.
+    Creates nothing: its nearest existing part must be a writable folder."""
+    path = output_dir.expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    fix = "set output_dir to a folder you can write, e.g. --set output_dir=artifacts"
+    if not existing.is_dir():
+        raise UserError(f"output_dir {output_dir}: {existing} is not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir {output_dir}: {existing} is not writable by this user; {fix}")
+
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show every library warning, progress bar and log "
+                                          "line, as the libraries print them (also: MINIRLHF_VERBOSE=1)")]
 
 
 @app.command()
@@ -57,40 +106,35 @@ def run(
     set_: SetOpt = None,
     stages: Annotated[Optional[str], typer.Option(help="comma-separated stages, upstream ones run or reused (default: every "
                                                   "enabled stage: data,sft,reward,ppo,dpo,rloo,eval)")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline stages on a config, skipping stages whose output is already complete."""
     import time
 
+    from minirlhf.console import SummarisedFilter, is_verbose, set_verbose
     from minirlhf.pipeline import run_pipeline
 
     cfg = _load(config, set_)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    asked = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages is not None else None
+    check_before_run(cfg, asked, stages)
+    set_verbose(verbose)
+    if is_verbose():  # the library's own lines too: a stage computing or reused, PPO resuming
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    elif not logging.getLogger().handlers:  # warnings only; the failure events, which the summary lists, once
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger().handlers[0].addFilter(SummarisedFilter())
     started = time.perf_counter()
-
-    def report(name, result):
-        how = "reused (complete output on disk)" if result.cache_hit else f"{result.seconds:.1f} s"
-        console.print(f"[bold green]✓ {name}[/bold green] {how} → {result.path(cfg.output_dir)}")
-
-    try:
-        asked = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None
-        results = run_pipeline(cfg, asked, on_stage=report)
-    except (FileNotFoundError, ValueError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from None
+    results = run_pipeline(cfg, asked)  # each stage prints its progress line, or one line when done
     print_results(cfg, results, time.perf_counter() - started)
 
 
 def print_results(cfg, results: dict, seconds: float) -> None:
-    """The headline metrics of a finished run and where its store is (shared with `minirlhf flow`)."""
-    table = Table(title=f"minirlhf run '{cfg.name}' in {seconds:.1f} s")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for result in results.values():
-        for name, value in result.metrics.items():
-            if "/accuracy/" not in name:
-                table.add_row(name, f"{value:.4g}")
-    console.print(table)
-    console.print(f"store: {Path(cfg.output_dir) / 'rlhf.duckdb'}  (try: minirlhf query \"select * from metrics\")")
+    """The end of a run (shared with `minirlhf flow`): the policies compared, the failure events, the store and
+    the next commands (minirlhf.console.print_summary)."""
+    from minirlhf.console import print_summary
+
+    console.print()
+    print_summary(cfg, results, seconds, console)
 
 
 @data_app.command("preview")
@@ -103,8 +147,7 @@ def data_preview(config: ConfigOpt = None, set_: SetOpt = None, n: Annotated[int
 
     cfg = _load(config, set_)
     if cfg.data.source != "embedded":
-        err_console.print("data preview shows the embedded task; for HH data run the data stage and read its files")
-        raise typer.Exit(2)
+        raise UserError("data preview shows the embedded task; for HH data run the data stage and read its files")
     rng = random.Random(f"{cfg.data.seed}-preview")
     table = Table(title="SFT demonstrations", show_lines=True)
     for col in ("intent", "prompt", "response", "gold"):
@@ -130,23 +173,29 @@ def query(
     db: Annotated[Optional[Path], typer.Option(help="DuckDB file (default: <output_dir>/rlhf.duckdb)")] = None,
     output_dir: Annotated[Path, typer.Option(help="output root holding rlhf.duckdb")] = Path("artifacts"),
     format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="NAME=VALUE for $NAME in the SQL, "
+                                                       "as a string (cast in SQL: $n::INT); repeatable")] = None,
 ) -> None:
     """Run a read-only SQL query on the results store."""
-    from minirlhf.store import ReadOnlyQueryError, Store
+    from minirlhf.store import NotAStore, ReadOnlyQueryError, Store
 
     if (sql is None) == (file is None):
-        err_console.print("give the SQL as an argument or with --file, not both")
-        raise typer.Exit(2)
+        raise UserError("give the SQL as an argument or with --file, not both")
     if format not in ("table", "csv", "json"):
-        err_console.print(f"--format must be table, csv or json (got {format!r})")
-        raise typer.Exit(2)
-    text = sql if sql is not None else file.read_text()
+        raise UserError(f"--format must be table, csv or json (got {format!r})")
+    text = sql if sql is not None else read_sql_file(file)
+    params = parse_params(param or [])
     try:
-        frame = Store(db or output_dir / "rlhf.duckdb").query(text)
+        frame = Store(db or output_dir / "rlhf.duckdb").query(text, params)
+    except NotAStore as err:
+        raise not_a_store(err) from None
     except (ReadOnlyQueryError, FileNotFoundError) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
     except Exception as err:  # a SQL error from DuckDB: show it plainly, no traceback
+        unbound = parameter_problem(str(err), params)
+        if unbound:
+            raise UserError(unbound) from None
         err_console.print(f"[red]query failed:[/red] {err}")
         raise typer.Exit(1) from None
     if format == "csv":
@@ -162,6 +211,47 @@ def query(
         console.print(table)
 
 
+def not_a_store(err: Exception) -> UserError:
+    """`query` and `report` on a file that is not DuckDB: the store's message, and which option to change."""
+    return UnusableInput(f"{err}; point --db (or --output-dir) at the store a pipeline run wrote")
+
+
+def read_sql_file(path: Path) -> str:
+    """The text of `query --file`, or UserError saying what is wrong with the file."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise MissingInput(f"--file {path} {what}; give a .sql file, e.g. dashboards/queries/runs.sql")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UnusableInput(f"--file {path} is not UTF-8 text (binary data?); give a .sql file") from None
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    """['run_id=abc'] -> {'run_id': 'abc'}: DuckDB named parameters ($run_id in the SQL), bound as strings."""
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise UserError(f"--param {item!r}: expected NAME=VALUE for $NAME in the SQL, e.g. --param run_id=abc")
+        params[name.strip()] = value
+    return params
+
+
+def parameter_problem(message: str, params: dict[str, str]) -> str | None:
+    """What to do when DuckDB's error is about the $NAME parameters (missing or extra --param); else None."""
+    if "Values were not provided for the following" in message:
+        names = [name.strip() for name in message.rsplit(":", 1)[1].split(",")]
+        return (f"the SQL uses {', '.join('$' + n for n in names)} but no value was given: add "
+                + " ".join(f"--param {n}=VALUE" for n in names))
+    if "identifiers of the excess parameters" in message:
+        names = message.rsplit(":", 1)[1].strip()
+        return f"--param {names}: the SQL has no ${names}; drop it, or use ${names} in the SQL"
+    if params and "Expected 0, got" in message:
+        return f"--param {', '.join(params)}: the SQL has no $NAME parameters; drop --param"
+    return None
+
+
 @app.command()
 def report(
     output_dir: Annotated[Path, typer.Option(help="output root holding rlhf.duckdb")] = Path("artifacts"),
@@ -173,11 +263,13 @@ def report(
 ) -> None:
     """Write a markdown report with figures (report.md, figures/*.png) from the results store, read-only."""
     from minirlhf.report import ReportError, build_report
-    from minirlhf.store import StoreLocked
+    from minirlhf.store import NotAStore, StoreLocked
 
     try:
         path = build_report(db or output_dir / "rlhf.duckdb", out or output_dir / "report", run_id=run_id,
                             sweep_run_id=sweep_run, n_samples=samples)
+    except NotAStore as err:
+        raise not_a_store(err) from None
     except (ReportError, StoreLocked) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None

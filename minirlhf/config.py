@@ -7,7 +7,8 @@ Usage:
 
 Config is data: every field has a default, a type and limits. An unknown key or a bad value fails at
 load with `ConfigError`, which names the field path (`sft.learning_rate`) and, where the field is a
-choice, the allowed values. Field names follow the papers (`kl_coef`, `cliprange`, `gamma`, `lam`) and
+choice, the allowed values. A file that is no YAML mapping (binary, malformed, empty, a list) fails the same
+way, naming the file. ConfigError is a `minirlhf.errors.UserError`: its message is one line. Field names follow the papers (`kl_coef`, `cliprange`, `gamma`, `lam`) and
 carry through to variables, metric names and SQL columns.
 """
 
@@ -19,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from minirlhf.errors import UserError
 
 
 class _Section(BaseModel):
@@ -271,8 +274,9 @@ class PipelineConfig(_Section):
         return json.dumps({s: dumped[s] for s in sections}, sort_keys=True)
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names each bad field path."""
+class ConfigError(UserError, ValueError):
+    """A config that cannot be used; the message, one line, names the file or each bad field path and says what
+    to do. A UserError (the CLI prints it and exits 2), and a ValueError for callers that catch that."""
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -287,16 +291,24 @@ def _allowed_keys(loc: tuple) -> list[str]:
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """Every bad field on one line (the CLI prints one line): 'invalid config (x.yaml): a.b: ...; c.d: ...'."""
+    problems = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(e["loc"]))
-            lines.append(f"  {path}: unknown key. Allowed keys here: {allowed}")
+            problems.append(f"{path}: unknown key. Allowed keys here: {allowed}")
         else:
             got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-            lines.append(f"  {path}: {e['msg']}{got}")
-    return "\n".join(lines)
+            problems.append(f"{path}: {e['msg']}{got}")
+    return f"invalid config ({source}): " + "; ".join(problems)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what, on one line: 'line 3, column 5: mapping values are not allowed here'."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -315,7 +327,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. --set ppo.kl_coef=0.02")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.strip(), ""
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(err)}); write a number, "
+                          "true/false, null, a list like [1, 2], or quote a string") from None
 
 
 def build_config(tree: dict | None = None, overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> PipelineConfig:
@@ -331,13 +349,42 @@ def build_config(tree: dict | None = None, overrides: list[str] | tuple[str, ...
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Load a YAML config (or the defaults when `path` is None) and apply `section.field=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}. Try configs/demo.yaml.")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded or {}
+    tree = read_config_file(Path(path)) if path is not None else {}
     return build_config(tree, overrides, source=str(path) if path else "defaults")
+
+
+def read_config_file(path: Path) -> dict:
+    """The sections of a YAML config file, or ConfigError naming the file and what is wrong with it."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a YAML config file; give a file such as configs/demo.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}. Try configs/demo.yaml.")
+    text = _config_text(path)
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)}); fix it there "
+                          "(configs/demo.yaml shows the layout)") from None
+    if loaded is None:
+        # An empty file must not quietly mean "run the defaults": the user meant to set something.
+        what = "the config file is empty" if not text.strip() else "the config holds no settings (only comments or null)"
+        raise ConfigError(f"{path}: {what}; put the sections to change in it (as in configs/demo.yaml), "
+                          "or leave out --config to run the defaults")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level is a {type(loaded).__name__}, not a mapping of sections; "
+                          "write sections as `ppo:` with indented `kl_coef: 0.1` lines (see configs/demo.yaml)")
+    return loaded
+
+
+def _config_text(path: Path) -> str:
+    """The file as UTF-8 text, or ConfigError when it is binary (an image, an archive, a checkpoint)."""
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{path}: binary data (a NUL byte at offset {nul}), not a YAML config; "
+                          "give a YAML text file such as configs/demo.yaml")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: binary data (byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8), "
+                          "not a YAML config; give a YAML text file such as configs/demo.yaml") from None

@@ -12,6 +12,9 @@ Usage:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from transformers import GenerationConfig
 
@@ -39,7 +42,8 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device
 def sample_responses(policy, tokenizer, query_ids, query_mask, generation_config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample responses; returns (response_ids padded after EOS, mask up to and including EOS, has_eos)."""
     policy.eval()
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
+    with neutral_generation_defaults(policy):
+        out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
     response_ids = out[:, query_ids.shape[1] :]
     response_mask, has_eos = core.response_mask_from_eos(response_ids, tokenizer.eos_token_id)
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
@@ -50,10 +54,41 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
     return [tokenizer.decode(ids[m > 0], skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)]
 
 
+# Every logits processor and decoding-mode field `generate` reads, at the value that turns it off. transformers 5.23
+# fills each field left unset (None) from the checkpoint's generation_config.json (GenerationMixin.
+# _prepare_generation_config: `generation_config.update(**self.generation_config.to_dict(), defaults_only=True)`),
+# so a checkpoint saying repetition_penalty=1.5 or no_repeat_ngram_size=2 would silently change the sampling
+# distribution away from softmax(logits / temperature), the one PPO recomputes its logprobs from.
+NEUTRAL_SAMPLING = dict(
+    do_sample=True, num_beams=1, num_return_sequences=1, top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0,
+    eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0, min_new_tokens=0, guidance_scale=1.0, renormalize_logits=False,
+    remove_invalid_values=False,
+)  # min_new_tokens=0 also sets min_length to the prompt's length (both set: transformers warns and uses min_new_tokens)
+
+
 def sampling_config(tokenizer, temperature: float, max_new_tokens: int) -> GenerationConfig:
-    """Pure sampling at `temperature` (no top-k/top-p), as PPO's policy-gradient assumes."""
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+    """Pure sampling at `temperature` (no top-k/top-p, no penalties), as PPO's policy-gradient assumes. Fields
+    whose only neutral value is None (bad_words_ids, suppress_tokens, forced_eos_token_id, min_p, stop_strings,
+    ...) cannot be pinned here: `sample_responses` generates under `neutral_generation_defaults` for those."""
+    return GenerationConfig(**NEUTRAL_SAMPLING, temperature=temperature, max_new_tokens=max_new_tokens,
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+@contextmanager
+def neutral_generation_defaults(model: torch.nn.Module) -> Iterator[None]:
+    """Inside, `model.generate` sees an empty `generation_config` (all None) in place of the checkpoint's, so the
+    config passed to `generate` is merged with transformers' global defaults only (see NEUTRAL_SAMPLING for why).
+    Swaps it on every module that owns one (the transformers model under a peft wrapper, which forwards to it)."""
+    owners = [m for m in model.modules() if isinstance(vars(m).get("generation_config"), GenerationConfig)]
+    saved = [m.generation_config for m in owners]
+    try:
+        for m in owners:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in zip(owners, saved):
+            m.generation_config = config
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:

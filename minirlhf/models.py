@@ -176,6 +176,29 @@ def load_reward_model(name: str, gguf_file: str | None = None, trust_remote_code
     return tokenizer, model
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn every dropout in `model` off, in place, whatever mode it is in later; returns the model.
+
+    For PPO (Huang et al. 2024, "The N+ implementation details of RLHF with PPO": dropout off, as TRL's
+    `disable_dropout_in_model`): the update must see the same network that computed the old logprobs, else the
+    first minibatch's ratio is not 1 (GPT-2's dropout 0.1 gave ratio_max 1.063). Covers `nn.Dropout` modules
+    (GPT-2's, peft's lora_dropout), float `*dropout` attributes some attention modules keep for functional
+    dropout (Llama's `attention_dropout`), and the configs' `*dropout` / `*pdrop` fields (a saved copy says so).
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):  # a transformers PretrainedConfig
+            for name, value in config.to_dict().items():
+                if (name.endswith("dropout") or name.endswith("pdrop")) and isinstance(value, float):
+                    setattr(config, name, 0.0)
+    return model
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -201,7 +201,10 @@ def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...] | None = None) ->
 # ---- running -----------------------------------------------------------------------------------------------
 def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1, task_run_id: str | None = None) -> StageResult:
     """The protocol of every stage output: under its lock, reuse the verified output if there is one, else compute
-    it; one stage_runs row either way ('failed' with the cause if computing raises)."""
+    it; one stage_runs row either way ('failed' with the cause if computing raises). On the console: the stage's
+    progress line or one line when done (minirlhf.console), the libraries' own output quieted while it computes."""
+    from minirlhf.console import print_stage_line, quiet_libraries, stage_failure_line
+
     stage = STAGES[spec.name]
     with stage_lock(spec.out_dir):
         result = spec.find_output()
@@ -214,9 +217,12 @@ def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1, task
             else:
                 log.info("%s: computing (attempt %d) -> %s", spec.name, attempt, spec.out_dir)
                 extra = {"attempt": attempt} if stage.retries else {}
-                result = stage.function()(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
+                compute = stage.function()  # imported first: quiet_libraries quiets the libraries it loaded
+                with stage_failure_line(spec.name, attempt), quiet_libraries():
+                    result = compute(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
             log_result(logger, spec, result)
     result.run_id = run_id
+    print_stage_line(spec.name, result)
     return result
 
 
@@ -233,6 +239,9 @@ def record_reuse(spec: StageSpec, store: Store, run_id: str, task_run_id: str | 
                          cache_hit=True, task_run_id=task_run_id, output_dir=spec.out_dir) as logger:
         log_result(logger, spec, result)
     result.cache_hit, result.run_id = True, run_id
+    from minirlhf.console import print_stage_line
+
+    print_stage_line(spec.name, result)  # `✓ sft     reused`, as run_stage prints a reused stage
     return result
 
 

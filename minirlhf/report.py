@@ -5,17 +5,26 @@ Usage:
     from minirlhf.report import build_report, report_markdown
     path = build_report(Path("artifacts/rlhf.duckdb"), Path("artifacts/report"))        # report.md + figures/*.png
     text = report_markdown(Path("artifacts/rlhf.duckdb"), Path("artifacts/report"))     # the same markdown, returned
-                                                                                        # (a Prefect markdown artifact)
+    report = compose_report(db, out_dir, run_id=run_id)      # read and drawn once, rendered twice (flows/pipeline.py):
+    write_report(report, out_dir)                            # report.md, figures embedded by relative path
+    text = report.markdown(figure=lambda f: f"[{f.alt}](http://localhost:8501/?page={f.page}&run={f.run_id})")
+
 Sections, in order: the run (stages, reuse), the reward model, training curves, the policy comparison, the
 over-optimisation sweep, samples side by side, failure events. Every number comes from the store's SQL views
 (minirlhf/store.py VIEWS, README "Dashboards and SQL") through the read-only `Store.query`, never from the files
-of a stage: the report shows what was recorded. A section whose data the store lacks says so in one line and
-names the command that records it. Policies are rows (sft, ppo, dpo, rloo, ...) and any stage with per-step
+of a stage: the report shows what was recorded. Each query is a file, minirlhf/sql/report/<name>.sql, with DuckDB
+named parameters, runnable as is: `minirlhf query --file minirlhf/sql/report/stages.sql --param run_id=<run_id>`.
+A section whose data the store lacks says so in one line and names the command that records it. Policies are rows (sft, ppo, dpo, rloo, ...) and any stage with per-step
 metrics gets its curves, so new stages show up without a change here.
 
 Which run: `run_id`, else the newest run with a completed eval stage that is not a sweep. The sweep is its own
-run (flows/sweep.py): `sweep_run_id`, else the newest sweep in the store. Figures are drawn with matplotlib's
-object API (`Figure`, no pyplot), so nothing touches the global backend or leaks figures; PNGs render on Agg.
+run (flows/sweep.py): `sweep_run_id`, else the newest sweep in the store.
+
+Figures: drawn by minirlhf/plots.py into <out_dir>/figures/, each only when its input data (or the plotting code)
+changed since the PNG there was drawn: a sidecar `.<name>.png.sha256` keeps that digest, so a report of an unchanged
+store redraws nothing. A section is a list of markdown lines and `ReportFigure`s; `Report.markdown(figure=...)`
+renders each figure, by default as an image embed (report.md). The Prefect artifact (flows/pipeline.py) renders them
+as links to the dashboard page that draws the same data, since the UI cannot load local files.
 """
 
 from __future__ import annotations
@@ -24,18 +33,24 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
+from typing import Callable
 
+import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
+from minirlhf import gao, plots
+from minirlhf.plots import (plot_accuracy_by_intent, plot_policy_rewards, plot_ppo_curves, plot_reward_vs_length,
+                            plot_stage_curves, plot_sweep, policy_rank)
 from minirlhf.store import Store
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
-POLICY_ORDER = ("sft", "ppo", "dpo", "rloo", "grpo")  # the baseline first; any other policy follows by name
+SQL_DIR = Path(__file__).resolve().parent / "sql" / "report"
 SEVERITY_ORDER = ("critical", "error", "warning", "info")
 # The commands that record each section's data (said in the note of a section the store lacks).
 RUN_HINT = "minirlhf run --config configs/demo.yaml"
@@ -61,7 +76,6 @@ CURVE_PRIORITY = ("loss", "accurac", "margin", "reward", "kl", "entropy", "score
 CURVE_SECONDARY = ("max", "min", "std")  # reward/train_max_reward and the like: after the means they spread around
 CURVE_SKIP = ("epoch", "learning_rate", "grad_norm", "num_tokens", "runtime", "per_second", "flos", "time/", "seconds")
 MAX_CURVE_PANELS = 6
-NON_TRAINING_STAGES = ("data", "ppo", "eval", "sweep")  # ppo has its own figure; the others have no steps
 MAX_CELL_CHARS = 300
 
 
@@ -69,23 +83,65 @@ class ReportError(RuntimeError):
     """The store cannot give a report: it is missing, holds no run, or lacks the run asked for."""
 
 
+@dataclass(frozen=True)
+class ReportFigure:
+    """A figure of the report: its PNG, what it shows, the dashboard page that draws the same data
+    (dashboards/app.py PAGES) and the run that page should show."""
+
+    path: Path
+    alt: str
+    page: str
+    run_id: str
+
+
+Block = str | ReportFigure  # a section is a list of blocks: markdown lines and figures
+
+
+def embed_figure(figure: ReportFigure) -> str:
+    """A figure as a markdown image, linked by a path relative to report.md."""
+    return f"![{figure.alt}]({FIGURES_DIR}/{figure.path.name})"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report read from the store, its figures drawn; rendered to markdown by `markdown`."""
+
+    sections: list[list[Block]]
+
+    def markdown(self, figure: Callable[[ReportFigure], str] = embed_figure) -> str:
+        """The markdown, each figure rendered by `figure` (default: an image embed)."""
+        texts = ["\n".join(figure(b) if isinstance(b, ReportFigure) else b for b in blocks) for blocks in self.sections]
+        return "\n\n".join(t.strip() for t in texts) + "\n"
+
+
 # ---- entry points ----------------------------------------------------------------------------------------
 def build_report(db_path: Path, out_dir: Path, run_id: str | None = None, sweep_run_id: str | None = None,
                  n_samples: int = 6) -> Path:
     """Write `<out_dir>/report.md` and its figures under `<out_dir>/figures/`; return report.md's path."""
-    out_dir = Path(out_dir)
-    text = report_markdown(db_path, out_dir, run_id=run_id, sweep_run_id=sweep_run_id, n_samples=n_samples)
-    path = out_dir / REPORT_FILE
+    report = compose_report(db_path, out_dir, run_id=run_id, sweep_run_id=sweep_run_id, n_samples=n_samples)
+    return write_report(report, out_dir)
+
+
+def write_report(report: Report, out_dir: Path) -> Path:
+    """`<out_dir>/report.md`, figures embedded by relative path; return its path."""
+    path = Path(out_dir) / REPORT_FILE
     tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(report.markdown(), encoding="utf-8")
     tmp.replace(path)  # atomic: a reader sees the old report or the new one, never half of one
     return path
 
 
 def report_markdown(db_path: Path, out_dir: Path, run_id: str | None = None, sweep_run_id: str | None = None,
-                    n_samples: int = 6) -> str:
-    """The report as markdown; its figures are written to `<out_dir>/figures/` and linked by relative path.
-    That folder belongs to the report: PNGs left there by an earlier report are removed first."""
+                    n_samples: int = 6, figure: Callable[[ReportFigure], str] = embed_figure) -> str:
+    """The report as markdown, each figure rendered by `figure`; the PNGs are written to `<out_dir>/figures/`."""
+    report = compose_report(db_path, out_dir, run_id=run_id, sweep_run_id=sweep_run_id, n_samples=n_samples)
+    return report.markdown(figure)
+
+
+def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, sweep_run_id: str | None = None,
+                   n_samples: int = 6) -> Report:
+    """Read every section from the store and draw its figures into `<out_dir>/figures/`. That folder belongs to
+    the report: PNGs left there by an earlier report that this one does not show are removed."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1 (got {n_samples})")
     db_path = Path(db_path)
@@ -94,10 +150,7 @@ def report_markdown(db_path: Path, out_dir: Path, run_id: str | None = None, swe
                           "or point at one with --db / --output-dir")
     store = Store(db_path)
     run_id = pick_run(store, run_id)
-    figures = Path(out_dir) / FIGURES_DIR
-    figures.mkdir(parents=True, exist_ok=True)
-    for old in figures.glob("*.png"):  # a section now empty must not leave last report's figure behind
-        old.unlink()
+    figures = FigureFolder(Path(out_dir) / FIGURES_DIR)
     sections = [
         section_header(store, run_id, db_path),
         section_reward_model(store, run_id, figures),
@@ -107,36 +160,27 @@ def report_markdown(db_path: Path, out_dir: Path, run_id: str | None = None, swe
         section_samples(store, run_id, n_samples),
         section_failures(store, run_id),
     ]
-    return "\n\n".join(s.strip() for s in sections) + "\n"
+    figures.drop_unused()  # a section now empty must not leave last report's figure behind
+    return Report(sections)
 
 
 def pick_run(store: Store, run_id: str | None) -> str:
     """The run asked for (checked), else the newest with a completed eval stage, preferring runs that are not
     sweeps (a sweep run has one eval per kl_coef), then any run with an eval stage, then the newest run."""
     if run_id is not None:
-        if store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).empty:
-            newest = store.query("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5")["run_id"].tolist()
+        if _query(store, "run_exists", run_id=run_id).empty:
+            newest = _query(store, "newest_runs")["run_id"].tolist()
             raise ReportError(f"no run {run_id!r} in {store.path}; newest runs: {', '.join(newest) or 'none'}")
         return run_id
-    found = store.query("""
-        SELECT r.run_id,
-               bool_or(s.stage = 'eval' AND s.status = 'completed') AS eval_done,
-               bool_or(s.stage = 'eval') AS has_eval,
-               bool_or(s.stage = 'sweep') AS is_sweep
-        FROM runs r LEFT JOIN stage_runs s USING (run_id)
-        GROUP BY r.run_id, r.started_at
-        ORDER BY coalesce(eval_done, false) AND NOT coalesce(is_sweep, false) DESC, coalesce(eval_done, false) DESC,
-                 coalesce(has_eval, false) DESC, r.started_at DESC
-        LIMIT 1""")
+    found = _query(store, "default_run")
     if found.empty:
         raise ReportError(f"{store.path} holds no run yet: run the pipeline first (`{RUN_HINT}`)")
     return str(found["run_id"].iloc[0])
 
 
 # ---- 1. the run ------------------------------------------------------------------------------------------
-def section_header(store: Store, run_id: str, db_path: Path) -> str:
-    run = store.query("SELECT *, json_extract_string(config, '$.name') AS config_name FROM v_runs WHERE run_id = ?",
-                      [run_id]).iloc[0]
+def section_header(store: Store, run_id: str, db_path: Path) -> list[Block]:
+    run = _query(store, "run", run_id=run_id).iloc[0]
     duration = (f"{run['duration_s']:.1f} s" if _is_number(run["duration_s"])
                 else f"not finished (status {run['status']})")
     rows = [("run id", f"`{run_id}`"), ("config", _text(run["config_name"])), ("status", _text(run["status"])),
@@ -148,13 +192,9 @@ def section_header(store: Store, run_id: str, db_path: Path) -> str:
     lines = [f"# minirlhf report: run `{run_id[:12]}`",
              f"_Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the results store (read-only)._", "",
              _table(["", ""], rows), "", "## Stages", ""]
-    stages = store.query("""
-        SELECT s.stage, s.attempt, s.status, s.cache_hit, s.duration_s, s.cause,
-               (SELECT any_value(o.source_run_id) FROM v_stage_outputs o
-                WHERE o.run_id = s.run_id AND o.stage = s.stage AND o.reused) AS source_run_id
-        FROM v_stage_runs s WHERE s.run_id = ? ORDER BY s.started_at""", [run_id])
+    stages = _query(store, "stages", run_id=run_id)
     if stages.empty:
-        return "\n".join(lines + ["_This run recorded no stage yet._"])
+        return lines + ["_This run recorded no stage yet._"]
     table = []
     for s in stages.itertuples():
         if s.cache_hit:
@@ -164,20 +204,17 @@ def section_header(store: Store, run_id: str, db_path: Path) -> str:
         table.append((s.stage, int(s.attempt), s.status, "yes" if s.cache_hit else "no",
                       _num(s.duration_s, 1), note))
     lines.append(_table(["stage", "attempt", "status", "reused", "seconds", "note"], table))
-    return "\n".join(lines)
+    return lines
 
 
 # ---- 2. the reward model ---------------------------------------------------------------------------------
-def section_reward_model(store: Store, run_id: str, figures: Path) -> str:
-    lines = ["## Reward model", ""]
+def section_reward_model(store: Store, run_id: str, figures: FigureFolder) -> list[Block]:
+    lines: list[Block] = ["## Reward model", ""]
     names = list(RM_METRICS)
-    metrics = store.query(f"""
-        SELECT name, arg_max(value, recorded_at) AS value FROM v_metrics
-        WHERE run_id = ? AND stage = 'reward' AND name IN ({", ".join("?" * len(names))})
-        GROUP BY name""", [run_id, *names])
-    if metrics.empty:
-        return "\n".join(lines + [_missing("reward-model metrics", f"{RUN_HINT} --stages reward")])
-    values = dict(zip(metrics["name"], metrics["value"]))
+    recorded = _query(store, "reward_metrics", run_id=run_id)
+    values = {name: value for name, value in zip(recorded["name"], recorded["value"]) if name in RM_METRICS}
+    if not values:
+        return lines + [_missing("reward-model metrics", f"{RUN_HINT} --stages reward")]
     lines.append(_table(["metric", "value", "what it measures"],
                         [(f"`{n}`", _num(values[n], 0 if n == "reward/n_test_pairs" else 3), RM_METRICS[n])
                          for n in names if n in values]))
@@ -185,77 +222,36 @@ def section_reward_model(store: Store, run_id: str, figures: Path) -> str:
         lines += ["", f"Accuracy {_num(values['reward/accuracy'])} against a label ceiling of "
                       f"{_num(values['reward/label_ceiling'])}: the labels are noisy, so no model can reach 1."]
 
-    by_intent = store.query("""
-        SELECT a.intent, arg_max(a.accuracy, s.started_at) AS accuracy  -- a retried stage: its newest attempt
-        FROM v_rm_accuracy_by_intent a JOIN stage_runs s USING (stage_run_id)
-        WHERE a.run_id = ? GROUP BY a.intent ORDER BY a.intent""", [run_id])
+    by_intent = _query(store, "rm_accuracy_by_intent", run_id=run_id)
     if by_intent.empty:
         lines += ["", _missing("accuracy per intent", f"{RUN_HINT} --stages reward")]
     else:
-        lines += ["", _image(plot_accuracy_by_intent(by_intent, values, figures / "rm_accuracy_by_intent.png"),
-                             "reward-model accuracy per intent")]
+        path = figures.draw("rm_accuracy_by_intent.png", plot_accuracy_by_intent, by_intent, values)
+        lines += ["", ReportFigure(path, "reward-model accuracy per intent", "reward", run_id)]
 
     scored = _eval_samples(store, run_id)
     if scored.empty:
         lines += ["", _missing("proxy reward against response length (evaluation samples)", f"{RUN_HINT}")]
     else:
-        lines += ["", _image(plot_reward_vs_length(scored, figures / "rm_reward_vs_length.png"),
-                             "proxy reward against response length"),
+        path = figures.draw("rm_reward_vs_length.png", plot_reward_vs_length, scored)
+        lines += ["", ReportFigure(path, "proxy reward against response length", "reward", run_id),
                   "", "A steep slope for a policy whose gold reward does not rise with it is the length hack "
                       "(Singhal et al. 2023)."]
-    return "\n".join(lines)
-
-
-def plot_accuracy_by_intent(by_intent: pd.DataFrame, values: dict, path: Path) -> Path:
-    fig = Figure(figsize=(7, 3.8), layout="constrained")
-    ax = fig.subplots()
-    bars = ax.bar(by_intent["intent"], by_intent["accuracy"], color="tab:blue", alpha=0.8)
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    for name, style, label in (("reward/accuracy", "-", "overall accuracy"), ("reward/label_ceiling", "--", "label ceiling")):
-        if name in values and _is_number(values[name]):
-            ax.axhline(values[name], color="black", ls=style, lw=1, label=f"{label} {values[name]:.2f}")
-    ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance 0.50")
-    ax.set_ylim(0, 1.1)
-    ax.set_xlabel("prompt intent")
-    ax.set_ylabel("held-out pairwise accuracy")
-    ax.set_title("Reward model: held-out accuracy per intent")
-    ax.tick_params(axis="x", labelrotation=20)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_reward_vs_length(samples: pd.DataFrame, path: Path) -> Path:
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for policy, rows in _by_policy(samples):
-        x, y = rows["response_words"].to_numpy(float), rows["proxy_reward"].to_numpy(float)
-        keep = np.isfinite(x) & np.isfinite(y)
-        label = policy
-        if keep.sum() >= 3 and np.ptp(x[keep]) > 0 and np.ptp(y[keep]) > 0:
-            label += f" (r = {np.corrcoef(x[keep], y[keep])[0, 1]:+.2f})"
-        jitter = (np.arange(len(x)) % 5 - 2) * 0.06  # lengths are integers: spread the overlapping points a little
-        ax.scatter(x + jitter, y, s=16, alpha=0.6, color=_policy_color(policy), label=label)
-    ax.set_xlabel("response length (words)")
-    ax.set_ylabel("proxy reward (reward-model score)")
-    ax.set_title("Proxy reward against response length, evaluation samples")
-    ax.legend(title="policy (Pearson r)", fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return lines
 
 
 # ---- 3. training curves ----------------------------------------------------------------------------------
-def section_training_curves(store: Store, run_id: str, figures: Path) -> str:
-    lines = ["## Training curves", "", "### PPO", ""]
-    curves = store.query("SELECT * FROM v_ppo_curves WHERE run_id = ? ORDER BY attempt, stage_run_id, step", [run_id])
+def section_training_curves(store: Store, run_id: str, figures: FigureFolder) -> list[Block]:
+    lines: list[Block] = ["## Training curves", "", "### PPO", ""]
+    curves = _query(store, "ppo_curves", run_id=run_id)
     if curves.empty:
         lines.append(_missing("PPO curves", f"{RUN_HINT} --stages ppo"))
     else:
-        reused = store.query("SELECT any_value(source_run_id) AS source FROM v_stage_outputs "
-                             "WHERE run_id = ? AND stage = 'ppo' AND reused", [run_id])["source"]
+        reused = _query(store, "ppo_reused_from", run_id=run_id)["source"]
         if len(reused) and _present(reused.iloc[0]):
             lines += [f"_PPO's output was reused: these curves were recorded by run `{reused.iloc[0][:12]}`._", ""]
-        lines.append(_image(plot_ppo_curves(curves, figures / "ppo_curves.png"), "PPO curves"))
+        path = figures.draw("ppo_curves.png", plot_ppo_curves, curves)
+        lines.append(ReportFigure(path, "PPO curves", "curves", run_id))
         rows = []
         for (attempt, _), c in curves.groupby(["attempt", "stage_run_id"], sort=False):
             last = c.iloc[-1]
@@ -266,45 +262,17 @@ def section_training_curves(store: Store, run_id: str, figures: Path) -> str:
         lines += ["", _table(["attempt", "status", "steps", "resumed from step", "final proxy", "final gold",
                               "final KL"], rows)]
 
-    other = store.query(f"""
-        SELECT o.stage, o.attempt, m.stage_run_id, m.step, m.name, m.value
-        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
-        WHERE o.run_id = ? AND o.stage NOT IN ({", ".join("?" * len(NON_TRAINING_STAGES))})
-        ORDER BY o.stage, o.attempt, m.step""", [run_id, *NON_TRAINING_STAGES])
+    other = _query(store, "stage_curves", run_id=run_id)
     for stage in sorted(other["stage"].unique(), key=_stage_order):
         rows = other[other["stage"] == stage]
         names = curve_metric_names(rows)
         if names:
-            path = plot_stage_curves(stage, rows[rows["name"].isin(names)], names, figures / f"curves_{stage}.png")
+            path = figures.draw(f"curves_{stage}.png", plot_stage_curves, stage, rows[rows["name"].isin(names)], names)
             lines += ["", f"### {stage.upper() if len(stage) <= 4 else stage.capitalize()}", "",
-                      _image(path, f"{stage} training curves")]
+                      ReportFigure(path, f"{stage} training curves", "curves", run_id)]
     if not {"dpo", "rloo"} & set(other["stage"]):
         lines += ["", _missing("DPO / RLOO baseline curves", f"{RUN_HINT} --set dpo.enabled=true --set rloo.enabled=true")]
-    return "\n".join(lines)
-
-
-def plot_ppo_curves(curves: pd.DataFrame, path: Path) -> Path:
-    """Proxy reward, gold reward and KL per step; a line per attempt, a dashed rule where a retry resumed."""
-    panels = [("proxy_reward", "proxy reward (RM score)"), ("gold_reward", "gold reward"), ("kl", "KL(policy || SFT)")]
-    fig = Figure(figsize=(12, 3.8), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharex=True)
-    groups = list(curves.groupby(["attempt", "stage_run_id"], sort=False))
-    for ax, (column, label) in zip(axes, panels):
-        for i, ((attempt, _), c) in enumerate(groups):
-            color = f"C{i % 10}"
-            ax.plot(c["step"], c[column], marker="o", ms=3, color=color, label=f"attempt {int(attempt)}")
-            resumed = c["resumed_from_step"].iloc[0]
-            if _is_number(resumed) and resumed > 0:
-                ax.axvline(resumed, color=color, ls="--", lw=1, label=f"attempt {int(attempt)} resumed at step {int(resumed)}")
-        if curves[column].isna().all():
-            ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", color="grey")
-        ax.set_title(label)
-        ax.set_xlabel("PPO step")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean over the batch")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("PPO training curves")
-    return _save(fig, path)
+    return lines
 
 
 def curve_metric_names(rows: pd.DataFrame) -> list[str]:
@@ -318,79 +286,37 @@ def curve_metric_names(rows: pd.DataFrame) -> list[str]:
     return sorted(names, key=rank)[:MAX_CURVE_PANELS]
 
 
-def plot_stage_curves(stage: str, rows: pd.DataFrame, names: list[str], path: Path) -> Path:
-    cols = min(3, len(names))
-    n_rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(4 * cols, 3.2 * n_rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
-    for ax, name in zip(axes, names):
-        for i, ((attempt, _), c) in enumerate(rows[rows["name"] == name].groupby(["attempt", "stage_run_id"], sort=False)):
-            ax.plot(c["step"], c["value"], marker="o", ms=3, color=f"C{i % 10}", label=f"attempt {int(attempt)}")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{stage}: training curves")
-    return _save(fig, path)
-
-
 # ---- 4. policy comparison --------------------------------------------------------------------------------
-def section_policy_comparison(store: Store, run_id: str, figures: Path) -> str:
-    lines = ["## Policy comparison", ""]
-    table = store.query("""
-        SELECT p.* FROM v_policy_comparison p JOIN stage_runs s USING (stage_run_id)
-        WHERE p.run_id = ?
-        QUALIFY dense_rank() OVER (ORDER BY s.status = 'completed' DESC, s.started_at DESC) = 1""", [run_id])
+def section_policy_comparison(store: Store, run_id: str, figures: FigureFolder) -> list[Block]:
+    lines: list[Block] = ["## Policy comparison", ""]
+    table = _query(store, "policy_comparison", run_id=run_id)
     if table.empty:
-        return "\n".join(lines + [_missing("policy evaluation", f"{RUN_HINT} --stages eval")])
-    table = table.sort_values("policy", key=lambda s: s.map(_policy_rank)).reset_index(drop=True)
+        return lines + [_missing("policy evaluation", f"{RUN_HINT} --stages eval")]
+    table = table.sort_values("policy", key=lambda s: s.map(policy_rank)).reset_index(drop=True)
     columns = [c for c in COMPARISON_COLUMNS if table[c].notna().any()]
     rows = [[f"**{r['policy']}**"] + [_num(r[c], 1 if c == "response_length" else 3) for c in columns]
             for _, r in table.iterrows()]
     lines += ["Every policy answered the same held-out prompts with the same sampling seed; SFT is the baseline "
               "for KL and win rates.", "", _table(["policy"] + [COMPARISON_COLUMNS[c] for c in columns], rows), "",
-              _image(plot_policy_rewards(table, figures / "policy_rewards.png"), "gold and proxy reward per policy")]
-    return "\n".join(lines)
-
-
-def plot_policy_rewards(table: pd.DataFrame, path: Path) -> Path:
-    fig = Figure(figsize=(max(5, 1.4 * len(table) + 3), 3.8), layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(table))
-    width = 0.38
-    for offset, column, color, label in ((-width / 2, "gold_reward", "tab:blue", "gold reward"),
-                                         (width / 2, "proxy_reward", "tab:orange", "proxy reward (RM)")):
-        values = table[column].to_numpy(float)
-        bars = ax.bar(x + offset, np.nan_to_num(values), width, color=color, label=label)
-        ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "n/a" for v in values], fontsize=8)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.margins(y=0.15)  # room for the value labels
-    ax.set_xticks(x, table["policy"])
-    ax.set_xlabel("policy")
-    ax.set_ylabel("mean reward on the evaluation prompts")
-    ax.set_title("Gold and proxy reward per policy")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+              ReportFigure(figures.draw("policy_rewards.png", plot_policy_rewards, table),
+                           "gold and proxy reward per policy", "comparison", run_id)]
+    return lines
 
 
 # ---- 5. the over-optimisation sweep ----------------------------------------------------------------------
-def section_sweep(store: Store, sweep_run_id: str | None, figures: Path) -> str:
-    lines = ["## Over-optimisation sweep", ""]
+def section_sweep(store: Store, sweep_run_id: str | None, figures: FigureFolder) -> list[Block]:
+    lines: list[Block] = ["## Over-optimisation sweep", ""]
     sweep = pick_sweep(store, sweep_run_id)
     if sweep is None:
-        return "\n".join(lines + [_missing("KL sweep", SWEEP_HINT)])
-    points = store.query("SELECT * FROM v_sweep_points WHERE stage_run_id = ? ORDER BY point",
-                         [sweep["stage_run_id"]])
-    fits = store.query("SELECT * FROM v_sweep_fits WHERE stage_run_id = ? ORDER BY reward = 'gold' DESC, reward",
-                       [sweep["stage_run_id"]])
+        return lines + [_missing("KL sweep", SWEEP_HINT)]
+    points = _query(store, "sweep_points", stage_run_id=sweep["stage_run_id"])
+    fits = _query(store, "sweep_fits", stage_run_id=sweep["stage_run_id"])
     lines += [f"Sweep run `{sweep['run_id'][:12]}` ({sweep['status']}, started {sweep['started_at']:%Y-%m-%d %H:%M} UTC): "
               f"one PPO run per `ppo.kl_coef`, each evaluated against SFT. d = sqrt(KL(PPO || SFT)); a gain is the "
               "policy's reward minus SFT's. Gao et al. (2022) find that for RL the gold gain follows "
               "R(d) = d(α − β·log d), peaking at d* = exp(α/β − 1), while the proxy keeps rising.", ""]
-    lines += [_image(plot_sweep(points, fits, figures / "sweep.png"), "gain over SFT against d = sqrt(KL)"), ""]
+    lines += [ReportFigure(figures.draw("sweep.png", plot_sweep, points, fits), "gain over SFT against d = sqrt(KL)",
+                           "sweep", sweep["run_id"]), ""]
     if fits.empty:
         lines.append("_No fit recorded (it needs at least two points with d > 0)._")
     else:
@@ -398,11 +324,7 @@ def section_sweep(store: Store, sweep_run_id: str | None, figures: Path) -> str:
                  _num(r["d_star"] ** 2, 3) if _is_number(r["d_star"]) else "—") for _, r in fits.iterrows()]
         lines.append(_table(["reward", "α", "β", "R²", "d* (peak)", "KL at d*"], rows))
     # What the detectors flagged in each point's evaluation (the eval stage of that kl_coef, in the sweep's run).
-    flagged = store.query("""
-        SELECT TRY_CAST(json_extract_string(s.config, '$.ppo.kl_coef') AS DOUBLE) AS kl_coef,
-               string_agg(DISTINCT f.kind, ', ' ORDER BY f.kind) AS kinds
-        FROM failure_events f JOIN stage_runs s USING (stage_run_id)
-        WHERE s.run_id = ? AND s.stage = 'eval' GROUP BY ALL""", [sweep["run_id"]])
+    flagged = _query(store, "sweep_flagged_kinds", run_id=sweep["run_id"])
     kinds = dict(zip(flagged["kl_coef"], flagged["kinds"]))
     lines += ["", _table(["point", "kl_coef", "KL", "d", "gold", "proxy", "gold gain", "proxy gain", "flagged"],
                          [(int(p["point"]), f"{p['kl_coef']:g}" if _is_number(p["kl_coef"]) else "—", _num(p["kl"]),
@@ -411,80 +333,40 @@ def section_sweep(store: Store, sweep_run_id: str | None, figures: Path) -> str:
                            kinds.get(p["kl_coef"], "—"))
                           for _, p in points.iterrows()])]
     events = section_failures(store, sweep["run_id"], heading="### Failure events of the sweep's runs")
-    if "No failure event" not in events:
-        lines += ["", events]
-    return "\n".join(lines)
+    if not any(line.startswith("No failure event") for line in events):
+        lines += ["", *events]
+    return lines
 
 
 def pick_sweep(store: Store, sweep_run_id: str | None) -> pd.Series | None:
     """The newest sweep stage run that recorded points, of `sweep_run_id` when given (a run id or a stage run id)."""
-    where, params = "", []
-    if sweep_run_id is not None:
-        where, params = "AND (s.run_id = ? OR s.stage_run_id = ?)", [sweep_run_id, sweep_run_id]
-    found = store.query(f"""
-        SELECT s.run_id, s.stage_run_id, s.status, s.started_at FROM stage_runs s
-        WHERE s.stage = 'sweep' {where}
-          AND EXISTS (SELECT 1 FROM v_sweep_points p WHERE p.stage_run_id = s.stage_run_id)
-        ORDER BY s.started_at DESC LIMIT 1""", params)
+    found = _query(store, "sweep", sweep_run_id=sweep_run_id or "")  # '' matches any run
     if found.empty and sweep_run_id is not None:
-        sweeps = store.query("SELECT DISTINCT run_id FROM stage_runs WHERE stage = 'sweep'")["run_id"].tolist()
+        sweeps = _query(store, "sweep_runs")["run_id"].tolist()
         raise ReportError(f"no recorded sweep in run {sweep_run_id!r}; runs with a sweep: {', '.join(sweeps) or 'none'} "
                           f"(record one with `{SWEEP_HINT}`)")
     return None if found.empty else found.iloc[0]
 
 
-def plot_sweep(points: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
-    from minirlhf.sweep import gao_rl  # the one definition of R(d), also used for the fit itself
-
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
-    ax = fig.subplots()
-    d_max = float(np.nanmax(points["d"].to_numpy(float))) if points["d"].notna().any() else 1.0
-    grid = np.linspace(1e-4, max(d_max, 1e-3) * 1.15, 200)
-    fit_of = {r["reward"]: r for _, r in fits.iterrows()}
-    for reward, color, marker in (("gold", "tab:blue", "o"), ("proxy", "tab:orange", "s")):
-        shown = points[points[f"{reward}_gain"].notna() & points["d"].notna()]
-        if shown.empty:
-            continue
-        ax.scatter(shown["d"], shown[f"{reward}_gain"], color=color, marker=marker, zorder=3,
-                   label=f"{reward} gain (one PPO run)")
-        for _, p in shown.iterrows():
-            ax.annotate(f"{p['kl_coef']:g}", (p["d"], p[f"{reward}_gain"]), textcoords="offset points",
-                        xytext=(5, 4 if reward == "proxy" else -11), fontsize=8, color=color)
-        fit = fit_of.get(reward)
-        if fit is not None and _is_number(fit["alpha"]) and _is_number(fit["beta"]):
-            sign = "−" if fit["beta"] >= 0 else "+"
-            ax.plot(grid, gao_rl(grid, fit["alpha"], fit["beta"]), color=color, alpha=0.8,
-                    label=f"{reward} fit: d({fit['alpha']:.3g} {sign} {abs(fit['beta']):.3g}·log d), R² {_num(fit['r2'], 2)}")
-            if reward == "gold" and _is_number(fit["d_star"]) and fit["d_star"] <= grid[-1]:
-                ax.axvline(fit["d_star"], color=color, ls=":", lw=1, label=f"gold peak d* = {fit['d_star']:.2f}")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("d = sqrt(KL(PPO || SFT))")
-    ax.set_ylabel("reward gained over SFT")
-    ax.set_title("Over-optimisation sweep: gain against d (points labelled with ppo.kl_coef)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
 # ---- 6. samples side by side -----------------------------------------------------------------------------
-def section_samples(store: Store, run_id: str, n_samples: int) -> str:
-    lines = ["## Samples side by side", ""]
+def section_samples(store: Store, run_id: str, n_samples: int) -> list[Block]:
+    lines: list[Block] = ["## Samples side by side", ""]
     samples = _eval_samples(store, run_id)
     if samples.empty:
-        return "\n".join(lines + [_missing("evaluation samples", f"{RUN_HINT} --stages eval")])
+        return lines + [_missing("evaluation samples", f"{RUN_HINT} --stages eval")]
     samples = samples.assign(key=samples["prompt_id"].fillna(samples["prompt"]).astype(str))
     keys = pick_prompts(samples, n_samples)
     lines.append(f"{len(keys)} evaluation prompts, chosen deterministically across intents; every policy's answer "
                  "with its proxy (reward-model) and gold reward.")
     for i, key in enumerate(keys, 1):
-        rows = samples[samples["key"] == key].sort_values("policy", key=lambda s: s.map(_policy_rank))
+        rows = samples[samples["key"] == key].sort_values("policy", key=lambda s: s.map(policy_rank))
         first = rows.iloc[0]
         intent = f" ({first['intent']})" if _present(first["intent"]) else ""
         lines += ["", f"**{i}. {_cell(first['prompt'])}**{intent}", "",
                   _table(["policy", "response", "proxy", "gold"],
                          [(r["policy"], _cell(r["response"]) or "_(empty)_", _num(r["proxy_reward"]), _num(r["gold_reward"]))
                           for _, r in rows.iterrows()])]
-    return "\n".join(lines)
+    return lines
 
 
 def pick_prompts(samples: pd.DataFrame, n: int) -> list[str]:
@@ -507,18 +389,14 @@ def pick_prompts(samples: pd.DataFrame, n: int) -> list[str]:
 
 
 # ---- 7. failure events -----------------------------------------------------------------------------------
-def section_failures(store: Store, run_id: str, heading: str = "## Failure events") -> str:
+def section_failures(store: Store, run_id: str, heading: str = "## Failure events") -> list[str]:
     lines = [heading, ""]
-    evaluated = store.query("SELECT 1 FROM stage_runs WHERE run_id = ? AND stage = 'eval' LIMIT 1", [run_id])
-    events = store.query("""
-        SELECT v.stage, v.attempt, v.step, v.kind, v.severity, v.message, v.evidence, v.examples,
-               TRY_CAST(json_extract_string(s.config, '$.ppo.kl_coef') AS DOUBLE) AS kl_coef
-        FROM v_failure_events v JOIN stage_runs s USING (stage_run_id)
-        WHERE v.run_id = ? ORDER BY v.detected_at, v.event_id""", [run_id])
+    evaluated = _query(store, "has_eval", run_id=run_id)
+    events = _query(store, "failure_events", run_id=run_id)
     if events.empty:
         if evaluated.empty:
-            return "\n".join(lines + [_missing("failure detection", f"{RUN_HINT} --stages eval")])
-        return "\n".join(lines + ["No failure event: no detector crossed its threshold (thresholds: config `detect`)."])
+            return lines + [_missing("failure detection", f"{RUN_HINT} --stages eval")]
+        return lines + ["No failure event: no detector crossed its threshold (thresholds: config `detect`)."]
     events["rank"] = events["severity"].map(lambda s: SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else len(SEVERITY_ORDER))
     events = events.sort_values("rank", kind="stable")
     parsed = [(_load_json(e["evidence"]) or {}, _load_json(e["examples"]) or []) for _, e in events.iterrows()]
@@ -536,34 +414,18 @@ def section_failures(store: Store, run_id: str, heading: str = "## Failure event
                                  [(_cell(x.get("prompt")), _cell(x.get("response")) or "_(empty)_",
                                    _num(x.get("proxy_reward")), _num(x.get("gold_reward")))
                                   for x in examples[:3] if isinstance(x, dict)])]
-    return "\n".join(lines)
+    return lines
 
 
 # ---- reading helpers -------------------------------------------------------------------------------------
+def _query(store: Store, name: str, **params) -> pd.DataFrame:
+    """The rows of minirlhf/sql/report/<name>.sql with its named parameters ($run_id, ...) bound to `params`."""
+    return store.query((SQL_DIR / f"{name}.sql").read_text(), params)
+
+
 def _eval_samples(store: Store, run_id: str) -> pd.DataFrame:
     """The run's evaluation samples from one eval attempt (the newest that recorded samples)."""
-    return store.query("""
-        WITH scored AS (
-            SELECT *, max(recorded_at) OVER (PARTITION BY stage_run_id) AS attempt_recorded_at
-            FROM v_samples WHERE run_id = ? AND stage = 'eval')
-        SELECT policy, prompt_id, intent, prompt, response, proxy_reward, gold_reward, response_words
-        FROM scored
-        QUALIFY dense_rank() OVER (ORDER BY attempt_recorded_at DESC, stage_run_id) = 1
-        ORDER BY policy, prompt_id""", [run_id])
-
-
-def _by_policy(frame: pd.DataFrame):
-    for policy in sorted(frame["policy"].unique(), key=_policy_rank):
-        yield policy, frame[frame["policy"] == policy]
-
-
-def _policy_rank(policy: str) -> tuple[int, str]:
-    return (POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER), str(policy))
-
-
-def _policy_color(policy: str) -> str:
-    known = {p: f"C{i}" for i, p in enumerate(POLICY_ORDER)}
-    return known.get(policy, f"C{len(POLICY_ORDER) + int(hashlib.sha256(str(policy).encode()).hexdigest(), 16) % 4}")
+    return _query(store, "eval_samples", run_id=run_id)
 
 
 def _stage_order(stage: str) -> tuple[int, str]:
@@ -577,16 +439,56 @@ def _load_json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
+# ---- figures: drawn only when what they show changed ------------------------------------------------------
+class FigureFolder:
+    """The report's figures/ folder. `draw` redraws a PNG only when the digest of its inputs differs from the one
+    kept beside it in `.<name>.sha256` (a cached `make demo` spent ~4 s redrawing identical figures); `drop_unused`
+    removes the PNGs this report did not draw or keep."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.used: set[str] = set()
+        path.mkdir(parents=True, exist_ok=True)
+
+    def draw(self, name: str, plot: Callable[..., Path], *inputs) -> Path:
+        """`figures/<name>`, drawn by `plot(*inputs, path)` unless the PNG there was drawn from the same inputs."""
+        path, stamp = self.path / name, self._stamp(name)
+        self.used.add(name)
+        digest = figure_digest(plot, inputs)
+        if path.is_file() and stamp.is_file() and stamp.read_text() == digest:
+            return path
+        stamp.unlink(missing_ok=True)  # a draw that fails half-way leaves no stamp claiming the PNG is current
+        plot(*inputs, path)
+        stamp.write_text(digest)
+        return path
+
+    def drop_unused(self) -> None:
+        for png in self.path.glob("*.png"):
+            if png.name not in self.used:
+                png.unlink()
+                self._stamp(png.name).unlink(missing_ok=True)
+
+    def _stamp(self, name: str) -> Path:
+        return self.path / f".{name}.sha256"
+
+
+def figure_digest(plot: Callable[..., Path], inputs: tuple) -> str:
+    """sha256 over what decides a figure's pixels: the plotting code (plots.py, gao.py), matplotlib's version, the
+    plot function's name and every input (a data frame by its CSV text, anything else by its JSON)."""
+    digest = hashlib.sha256(_plotting_code())
+    digest.update(f"{matplotlib.__version__}\0{plot.__name__}".encode())
+    for value in inputs:
+        text = value.to_csv() if isinstance(value, pd.DataFrame) else json.dumps(value, sort_keys=True, default=str)
+        digest.update(b"\0" + text.encode())
+    return digest.hexdigest()
+
+
+@cache  # per process, like the stage keys: the code that draws is the code imported
+def _plotting_code() -> bytes:
+    return b"".join(Path(module.__file__).read_bytes() for module in (plots, gao))
+
+
 # ---- formatting helpers ----------------------------------------------------------------------------------
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)  # a Figure without pyplot renders PNG on the Agg canvas
-    return path
-
-
-def _image(path: Path, alt: str) -> str:
-    return f"![{alt}]({FIGURES_DIR}/{path.name})"
-
-
 def _missing(what: str, command: str) -> str:
     return f"_{what}: not in this store yet: run `{command}`._"
 

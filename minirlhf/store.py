@@ -13,8 +13,23 @@ Usage:
 DuckDB lets one process open a file for writing at a time, and while it does, other processes cannot even
 open it read-only (see ../shared/NOTES.md). So every write is a short-lived connection (open, one
 transaction, close) and every open retries with exponential backoff and jitter for up to `lock_timeout_s`,
-then raises `StoreLocked`. Never hold a connection of your own open on this file while a pipeline runs.
-Timestamps are UTC. The table and column names below are the public SQL API: rename nothing.
+then raises `StoreLocked`, naming the process that holds the file. Never hold a connection of your own open on this
+file while a pipeline runs. Timestamps are UTC. The table and column names below are the public SQL API: rename nothing.
+
+Reading: every read-only connection (`Store.query`, so `minirlhf query`, the report and the dashboard) comes from
+`open_read_only`, which turns on DuckDB's own guards: no file or network access beyond the store itself, no
+extension install or load, and a locked configuration. `read_only=True` alone still let `EXPLAIN ANALYZE COPY ... TO`,
+`PRAGMA import_database` and `CALL enable_logging(storage='file')` write files, and `read_csv('https://...')` install
+httpfs into ~/.duckdb. So a query reads the store and nothing else: `read_csv('x.csv')` or `read_text('/etc/passwd')`
+is refused like a write (ReadOnlyQueryError). To join a file with the results, open DuckDB yourself
+(`duckdb.sql("select * from 'x.csv'")`) on a copy of rlhf.duckdb. The statement-type check (READ_STATEMENTS) stays as
+a second layer with the clearer message.
+
+Views: one SELECT per file in minirlhf/sql/views/<name>.sql (VIEW_ORDER: dependencies first), each runnable as is
+with `minirlhf query --file minirlhf/sql/views/v_runs.sql`. `VIEWS` maps name -> SQL.
+
+Runs whose process died without finishing them (SIGKILL, OOM, a lost machine) are marked 'abandoned' by the next
+`start_run` on the same host: `runs.pid` (schema version 2) says which process to look for.
 """
 
 from __future__ import annotations
@@ -22,14 +37,16 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import random
+import re
 import socket
 import subprocess
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -39,20 +56,27 @@ import pandas as pd
 from minirlhf.stage import MANIFEST, content_digest, sha256_file
 
 DB_FILENAME = "rlhf.duckdb"
-SCHEMA_VERSION = 1
-FINISH_STATUSES = ("completed", "failed", "cancelled")
+SCHEMA_VERSION = 2
+FINISH_STATUSES = ("completed", "failed", "cancelled", "abandoned")  # abandoned: its process died (start_run finds it)
 SEVERITIES = ("info", "warning", "error", "critical")
 VERSIONED_PACKAGES = ("minirlhf", "torch", "transformers", "trl", "datasets", "accelerate", "duckdb", "prefect")
 # Statement kinds a query may run; the connection is read-only too, this check just gives the clearer error
 # and also refuses what a read-only connection allows but writes elsewhere (COPY ... TO, SET, ATTACH).
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA,
                    duckdb.StatementType.CALL}
+# DuckDB's own guards for every read-only connection (see open_read_only): read_only=True alone still writes files
+# through EXPLAIN ANALYZE COPY, PRAGMA import_database and CALL enable_logging, and installs extensions on first use.
+READ_ONLY_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False, "lock_configuration": True}
+# DuckDB's text when another process holds the file: "Conflicting lock is held in /usr/bin/python3 (PID 123)".
+LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB file's header
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)",
     """CREATE TABLE IF NOT EXISTS runs (run_id VARCHAR PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP,
         status VARCHAR, config JSON, git_sha VARCHAR, versions JSON, prefect_flow_run_id VARCHAR,
-        deployment VARCHAR, parameters JSON, host VARCHAR)""",
+        deployment VARCHAR, parameters JSON, host VARCHAR, pid BIGINT)""",
     """CREATE TABLE IF NOT EXISTS stage_runs (stage_run_id VARCHAR PRIMARY KEY, run_id VARCHAR, stage VARCHAR,
         started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, cause VARCHAR, attempt INTEGER,
         cache_key VARCHAR, cache_hit BOOLEAN, task_run_id VARCHAR, config JSON, output_dir VARCHAR)""",
@@ -66,136 +90,50 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS failure_events (event_id VARCHAR PRIMARY KEY, stage_run_id VARCHAR, step BIGINT,
         kind VARCHAR, severity VARCHAR, message VARCHAR, evidence JSON, examples JSON, detected_at TIMESTAMP)""",
 ]
+# Schema changes since version 1, applied in order to an older file at its next write (idempotent statements: two
+# processes may race to the same file, and a half-migrated file can be migrated again). New files get SCHEMA above.
+MIGRATIONS = {
+    2: ["ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid BIGINT"],  # which process to look for before calling a run dead
+}
 SAMPLE_COLUMNS = ("prompt_id", "intent", "prompt", "response", "proxy_reward", "gold_reward")
 
-# Views: the questions people ask most, as SQL (README "Dashboards and SQL"; dashboards/ reads them). Written into
-# the file at every writer's schema check (CREATE OR REPLACE: a file from an older minirlhf gets them at its next
-# write) and created as TEMP views on every read-only `query` connection, so a file that no writer has touched
-# since still answers them. Policies are rows, never columns: any policy the eval stage adds shows up.
-VIEWS = {
-    "v_runs": """
-        SELECT r.run_id, r.status, r.started_at, r.finished_at, epoch(r.finished_at - r.started_at) AS duration_s,
-               count(s.stage_run_id) AS stage_runs,
-               count(s.stage_run_id) FILTER (s.status = 'failed') AS failed_attempts,
-               count(s.stage_run_id) FILTER (s.cache_hit) AS cache_hits, r.git_sha, r.host, r.prefect_flow_run_id,
-               r.deployment, r.config
-        FROM runs r LEFT JOIN stage_runs s USING (run_id)
-        GROUP BY ALL""",
-    "v_stage_runs": """
-        SELECT s.run_id, s.stage, s.attempt, s.status, s.cause, s.cache_hit, s.started_at, s.finished_at,
-               epoch(s.finished_at - s.started_at) AS duration_s, s.stage_run_id, s.cache_key, s.task_run_id,
-               s.output_dir
-        FROM stage_runs s""",
-    # A stage answered from the cache logs its summary metrics again, but not its per-step metrics or samples:
-    # those stay with the stage runs that computed the output. This maps each run's stage to them (all attempts,
-    # retries included): the run's own, or those of the last run that computed the same output before it.
-    "v_stage_outputs": """
-        WITH used AS (
-            SELECT run_id, stage, coalesce(output_dir, stage_run_id) AS output, min(started_at) AS asked_at,
-                   bool_or(NOT coalesce(cache_hit, false)) AS computed
-            FROM stage_runs GROUP BY ALL),
-        sourced AS (
-            SELECT u.*, CASE WHEN u.computed THEN u.run_id ELSE (
-                       SELECT arg_max(p.run_id, p.started_at) FROM stage_runs p
-                       WHERE p.stage = u.stage AND coalesce(p.output_dir, p.stage_run_id) = u.output
-                         AND NOT coalesce(p.cache_hit, false) AND p.started_at <= u.asked_at) END AS source_run_id
-            FROM used u)
-        SELECT x.run_id, x.stage, s.stage_run_id, s.attempt, s.status, x.source_run_id <> x.run_id AS reused,
-               x.source_run_id
-        FROM sourced x JOIN stage_runs s ON s.run_id = x.source_run_id AND s.stage = x.stage
-             AND coalesce(s.output_dir, s.stage_run_id) = x.output AND NOT coalesce(s.cache_hit, false)""",
-    "v_metrics": """
-        SELECT s.run_id, s.stage, s.attempt, m.stage_run_id, m.step, m.name, m.value, m.recorded_at
-        FROM metrics m JOIN stage_runs s USING (stage_run_id)""",
-    "v_ppo_curves": """
-        SELECT o.run_id, m.stage_run_id, o.attempt, o.status AS stage_status, o.reused, m.step,
-               max(m.value) FILTER (m.name = 'ppo/proxy_reward') AS proxy_reward,
-               max(m.value) FILTER (m.name = 'ppo/gold_reward') AS gold_reward,
-               max(m.value) FILTER (m.name = 'ppo/kl') AS kl,
-               max(m.value) FILTER (m.name = 'ppo/non_score_reward') AS non_score_reward,
-               max(m.value) FILTER (m.name = 'ppo/entropy') AS entropy,
-               max(m.value) FILTER (m.name = 'ppo/policy/approxkl') AS approxkl,
-               max(m.value) FILTER (m.name = 'ppo/policy/clipfrac') AS clipfrac,
-               max(m.value) FILTER (m.name = 'ppo/value/loss') AS value_loss,
-               any_value(r.value) AS resumed_from_step
-        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
-        LEFT JOIN metrics r ON r.stage_run_id = m.stage_run_id AND r.name = 'ppo/resumed_from_step'
-        WHERE o.stage = 'ppo' AND m.name <> 'ppo/resumed_from_step'
-        GROUP BY ALL
-        HAVING proxy_reward IS NOT NULL OR kl IS NOT NULL""",
-    "v_eval_metrics": """
-        SELECT s.run_id, m.stage_run_id, split_part(m.name, '/', 2) AS policy,
-               substr(m.name, length('eval/' || split_part(m.name, '/', 2) || '/') + 1) AS metric, m.value
-        FROM metrics m JOIN stage_runs s USING (stage_run_id)
-        WHERE s.stage = 'eval' AND m.name LIKE 'eval/%/%'""",
-    "v_policy_comparison": """
-        SELECT run_id, stage_run_id, policy,
-               max(value) FILTER (metric = 'proxy_reward') AS proxy_reward,
-               max(value) FILTER (metric = 'gold_reward') AS gold_reward,
-               max(value) FILTER (metric = 'kl') AS kl,
-               max(value) FILTER (metric = 'win_rate_gold') AS win_rate_gold,
-               max(value) FILTER (metric = 'win_rate_proxy') AS win_rate_proxy,
-               max(value) FILTER (metric = 'response_length') AS response_length,
-               max(value) FILTER (metric = 'eos_rate') AS eos_rate,
-               max(value) FILTER (metric = 'distinct_1') AS distinct_1,
-               max(value) FILTER (metric = 'distinct_2') AS distinct_2,
-               max(value) FILTER (metric = 'refusal_rate_benign') AS refusal_rate_benign,
-               max(value) FILTER (metric = 'refusal_rate_harmful') AS refusal_rate_harmful
-        FROM v_eval_metrics
-        GROUP BY run_id, stage_run_id, policy""",
-    "v_rm_accuracy_by_intent": """
-        SELECT s.run_id, m.stage_run_id, substr(m.name, length('reward/accuracy/') + 1) AS intent, m.value AS accuracy
-        FROM metrics m JOIN stage_runs s USING (stage_run_id)
-        WHERE m.name LIKE 'reward/accuracy/%'""",
-    "v_samples": """
-        SELECT o.run_id, o.stage, o.attempt, o.reused, x.stage_run_id, x.step, x.policy, x.prompt_id, x.intent, x.prompt, x.response,
-               x.proxy_reward, x.gold_reward, TRY_CAST(json_extract_string(x.extra, '$.kl') AS DOUBLE) AS kl,
-               CASE WHEN trim(coalesce(x.response, '')) = '' THEN 0
-                    ELSE len(regexp_split_to_array(trim(x.response), '\\s+')) END AS response_words,
-               x.extra, x.recorded_at
-        FROM v_stage_outputs o JOIN samples x USING (stage_run_id)""",
-    # The over-optimisation sweep (flows/sweep.py, minirlhf/sweep.py): the sweep stage that computed each run's sweep,
-    # one point per PPO run (metric step = point index), the fit of Gao et al. 2022's R(d) = d(alpha - beta log d)
-    # at step 0 under sweep/fit/*.
-    "v_sweep_points": """
-        SELECT o.run_id, m.stage_run_id, m.step AS point,
-               max(m.value) FILTER (m.name = 'sweep/kl_coef') AS kl_coef,
-               max(m.value) FILTER (m.name = 'sweep/kl') AS kl,
-               max(m.value) FILTER (m.name = 'sweep/d') AS d,
-               max(m.value) FILTER (m.name = 'sweep/gold_reward') AS gold_reward,
-               max(m.value) FILTER (m.name = 'sweep/proxy_reward') AS proxy_reward,
-               max(m.value) FILTER (m.name = 'sweep/gold_gain') AS gold_gain,
-               max(m.value) FILTER (m.name = 'sweep/proxy_gain') AS proxy_gain
-        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
-        WHERE o.stage = 'sweep' AND m.name IN ('sweep/kl_coef', 'sweep/kl', 'sweep/d', 'sweep/gold_reward',
-                                               'sweep/proxy_reward', 'sweep/gold_gain', 'sweep/proxy_gain')
-        GROUP BY ALL""",
-    "v_sweep_fits": """
-        SELECT o.run_id, m.stage_run_id, split_part(m.name, '/', 3) AS reward,
-               max(m.value) FILTER (m.name LIKE '%/alpha') AS alpha,
-               max(m.value) FILTER (m.name LIKE '%/beta') AS beta,
-               max(m.value) FILTER (m.name LIKE '%/r2') AS r2,
-               max(m.value) FILTER (m.name LIKE '%/d_star') AS d_star
-        FROM v_stage_outputs o JOIN metrics m USING (stage_run_id)
-        WHERE o.stage = 'sweep' AND m.name LIKE 'sweep/fit/%/%'
-        GROUP BY ALL""",
-    "v_failure_events": """
-        SELECT o.run_id, o.stage, o.attempt, o.reused, f.stage_run_id, f.step, f.kind, f.severity, f.message, f.evidence,
-               f.examples, f.detected_at, f.event_id
-        FROM v_stage_outputs o JOIN failure_events f USING (stage_run_id)""",
-}
+# Views: the questions people ask most, as SQL (README "Dashboards and SQL"; dashboards/ reads them), one SELECT per
+# file in minirlhf/sql/views/. Written into the file at every writer's schema check (CREATE OR REPLACE: a file from
+# an older minirlhf gets them at its next write) and created as TEMP views on every read-only `query` connection, so
+# a file that no writer has touched since still answers them. Policies are rows, never columns: any policy the eval
+# stage adds shows up. Created in this order: a view comes after the views it reads.
+VIEWS_DIR = Path(__file__).resolve().parent / "sql" / "views"
+VIEW_ORDER = ("v_runs", "v_stage_runs", "v_stage_outputs", "v_metrics", "v_ppo_curves", "v_eval_metrics",
+              "v_policy_comparison", "v_rm_accuracy_by_intent", "v_samples", "v_sweep_points", "v_sweep_fits",
+              "v_failure_events")
+
+
+def load_views(views_dir: Path = VIEWS_DIR) -> dict[str, str]:
+    """{view name: its SELECT}, in VIEW_ORDER; every .sql file in views_dir must be listed there and vice versa."""
+    files = {p.stem for p in views_dir.glob("*.sql")}
+    if files != set(VIEW_ORDER):
+        raise RuntimeError(f"{views_dir} holds views {sorted(files)} but VIEW_ORDER in {__file__} lists "
+                           f"{sorted(VIEW_ORDER)}: add the new view's name to VIEW_ORDER after the views it reads")
+    return {name: (views_dir / f"{name}.sql").read_text().strip().rstrip(";") for name in VIEW_ORDER}
+
+
+VIEWS = load_views()
 
 
 class StoreLocked(RuntimeError):
-    """Another process held the database file for longer than `lock_timeout_s`."""
+    """Another process (or another connection of this one) held the database file for longer than `lock_timeout_s`."""
 
 
 class ReadOnlyQueryError(RuntimeError):
-    """`Store.query` was given a statement that would write."""
+    """`Store.query` was given a statement that would write, or reach a file, URL or extension outside the store."""
 
 
 class SchemaVersionError(RuntimeError):
     """The file was written by a newer minirlhf than this one."""
+
+
+class NotAStore(ValueError):
+    """The file is not a DuckDB database (a CSV, a SQLite file, a text file, ...)."""
 
 
 class Store:
@@ -218,11 +156,14 @@ class Store:
     # ---- runs and stages -----------------------------------------------------------------------------
     def start_run(self, config: dict, *, run_id: str | None = None, prefect_flow_run_id: str | None = None,
                   deployment: str | None = None, parameters: dict | None = None) -> str:
-        run_id = run_id or uuid.uuid4().hex
+        run_id, host = run_id or uuid.uuid4().hex, socket.gethostname()
         row = [run_id, _now(), _to_json(config), git_sha(), _to_json(library_versions()),  # before taking the lock
-               _str_or_none(prefect_flow_run_id), deployment, _to_json(parameters), socket.gethostname()]
+               _str_or_none(prefect_flow_run_id), deployment, _to_json(parameters), host, os.getpid()]
         with self._write() as con:
-            con.execute("INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, ?, ?, ?, ?)", row)
+            _mark_abandoned_runs(con, host)
+            con.execute("INSERT INTO runs (run_id, started_at, finished_at, status, config, git_sha, versions, "
+                        "prefect_flow_run_id, deployment, parameters, host, pid) "
+                        "VALUES (?, ?, NULL, 'running', ?, ?, ?, ?, ?, ?, ?, ?)", row)
         return run_id
 
     @contextmanager
@@ -329,11 +270,10 @@ class Store:
         return event_id
 
     # ---- reading -------------------------------------------------------------------------------------
-    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        """Run SQL on a read-only connection; anything that would write raises ReadOnlyQueryError."""
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no results store at {self.path}: run the pipeline first "
-                                    "(`make demo` or `minirlhf run`)")
+    def query(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
+        """Run SQL on a guarded read-only connection (open_read_only). A statement that would write, or that reaches a
+        file other than the store, a URL or an extension, raises ReadOnlyQueryError and changes nothing."""
+        _require_store(self.path)  # a wrong path is the first thing to hear about
         statements = duckdb.extract_statements(sql)
         if not statements:
             raise ValueError("empty query: give one SELECT statement")
@@ -347,10 +287,16 @@ class Store:
                 con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
             result = con.execute(sql, params or [])
             return result.df() if result.description else pd.DataFrame()
-        except duckdb.InvalidInputException as err:  # the read-only connection's own refusal
-            if "read-only" not in str(err):
+        except duckdb.PermissionException as err:  # READ_ONLY_CONFIG: a file, URL or extension outside the store
+            raise ReadOnlyQueryError(
+                f"query is read-only and reads only the store: {_first_line(err)}. To query another file, open it "
+                "with DuckDB yourself; to change the store, use the library's write API (minirlhf.store.Store)"
+            ) from err
+        except duckdb.InvalidInputException as err:  # the read-only connection's refusal, or the locked configuration
+            if "read-only" not in str(err) and "configuration has been locked" not in str(err):
                 raise
-            raise ReadOnlyQueryError(f"query is read-only: {err}; use the library's write API") from err
+            raise ReadOnlyQueryError(f"query is read-only: {_first_line(err)}; use the library's write API "
+                                     "(minirlhf.store.Store) to change the store") from err
         finally:
             con.close()
 
@@ -374,22 +320,22 @@ class Store:
             con.close()
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """Open the file, retrying lock conflicts with exponential backoff and jitter up to lock_timeout_s."""
+        """Open the file (read-only ones through open_read_only), retrying lock conflicts with exponential backoff
+        and jitter up to lock_timeout_s; then StoreLocked, naming the process that holds the file."""
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return open_read_only(self.path) if read_only else _open(self.path, read_only=False)
             except (duckdb.IOException, duckdb.ConnectionException) as err:
-                # Another process holds the file lock, or this process has it open with the other mode.
-                if "Could not set lock" not in str(err) and "different configuration" not in str(err):
+                if not _is_lock_conflict(err):
                     raise
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise StoreLocked(
-                        f"{self.path} stayed locked for {self.lock_timeout_s:g} s: {err}\n"
-                        "Another process is writing to it (a pipeline run, a Prefect worker, or a DuckDB shell or "
-                        "notebook with the file open). Wait for it to finish or close it, or raise lock_timeout_s."
+                        f"{self.path} stayed locked for {self.lock_timeout_s:g} s by {_lock_holder(err)}: a reader "
+                        f"(the dashboard, a `minirlhf query`, a notebook) or another run holds {self.path}; close it, "
+                        "or raise store.lock_timeout_s"
                     ) from err
                 time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
                 delay = min(2 * delay, 1.0)
@@ -404,16 +350,145 @@ class Store:
                 raise SchemaVersionError(f"{self.path} has schema version {found}, but this minirlhf knows only "
                                          f"version {SCHEMA_VERSION}: upgrade minirlhf or use another output_dir")
             for ddl in SCHEMA[1:]:
-                con.execute(ddl)
+                con.execute(ddl)  # IF NOT EXISTS: an older file keeps its tables, MIGRATIONS bring them up to date
+            for version, statements in sorted(MIGRATIONS.items()):
+                if found is None or version > found:  # a new file: no-ops, its tables were created current
+                    for ddl in statements:
+                        con.execute(ddl)
+            if found is None or found < SCHEMA_VERSION:
+                con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, _now()])
             for name, select in VIEWS.items():
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
-            if found is None:
-                con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, _now()])
             con.commit()
         except BaseException:
             con.rollback()
             raise
         self._schema_checked = True
+
+
+# ---- opening the file ----------------------------------------------------------------------------------
+def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """The one way minirlhf opens the store for reading (Store.query: `minirlhf query`, the report, the dashboard):
+    read-only, with DuckDB's guards on (READ_ONLY_CONFIG), so nothing it runs can write a file, read one other than
+    the store, reach the network or install an extension. No retry here: Store._connect retries lock conflicts."""
+    return _open(Path(path), read_only=True)
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if read_only or path.exists():  # a writer creates a missing file
+        _require_store(path)
+    try:
+        if read_only:
+            return duckdb.connect(str(path), read_only=True, config=dict(READ_ONLY_CONFIG))
+        con = duckdb.connect(str(path))
+    except (duckdb.IOException, duckdb.CatalogException) as err:
+        # A file too short for the header check: DuckDB's own words for "not a database"; for a path ending in .csv,
+        # .json or .parquet it opens an in-memory database over the file instead, which read-only cannot.
+        if "not a valid DuckDB database file" not in str(err) and "Cannot launch in-memory database" not in str(err):
+            raise
+        raise NotAStore(_not_a_store_message(path)) from err
+    # Read-write, that in-memory database opens fine, and every write would vanish with it.
+    backing_file = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+    if backing_file.fetchone()[0] is None:
+        con.close()
+        raise NotAStore(_not_a_store_message(path))
+    return con
+
+
+def _require_store(path: Path) -> None:
+    """FileNotFoundError when there is no file, NotAStore when it is not a DuckDB database."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}: run the pipeline first (`make demo` or `minirlhf run`)")
+    with open(path, "rb") as f:
+        head = f.read(12)
+    # Shorter than a header: a writer may be creating the file this instant; DuckDB decides (a lock conflict, or
+    # "not a valid DuckDB database file", which _open turns into NotAStore).
+    if len(head) == 12 and head[8:12] != DUCKDB_MAGIC:
+        raise NotAStore(_not_a_store_message(path))
+
+
+def _not_a_store_message(path: Path) -> str:
+    return f"{path} is not a DuckDB database (minirlhf's results store is <output_dir>/{DB_FILENAME})"
+
+
+def _is_lock_conflict(err: Exception) -> bool:
+    # Another process holds the file lock, or this process has it open with another configuration (read-only, or
+    # read-write) on a connection still open.
+    return "Could not set lock" in str(err) or "different configuration" in str(err)
+
+
+def _lock_holder(err: Exception) -> str:
+    """Who holds the file, from DuckDB's error: "PID 123 (python -m streamlit run dashboards/app.py)"."""
+    found = LOCK_HOLDER.search(str(err))
+    if found is None:
+        if "different configuration" in str(err):
+            return f"this process (PID {os.getpid()}), on another of its connections"
+        return "another process"
+    pid = int(found["pid"])
+    return f"PID {pid} ({_command_line(pid) or found['exe']})"
+
+
+def _command_line(pid: int, limit: int = 160) -> str | None:
+    """The process's command line, on one line and cut to `limit` characters; None when /proc does not have it."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone already, another OS, or hidden from us
+        return None
+    command = " ".join(" ".join(arg.decode(errors="replace").split()) for arg in raw.split(b"\0") if arg)
+    return command if len(command) <= limit else command[: limit - 3] + "..."
+
+
+# ---- runs whose process died -------------------------------------------------------------------------------
+def _mark_abandoned_runs(con: duckdb.DuckDBPyConnection, host: str) -> None:
+    """Runs of this host still 'running' whose process is gone: 'abandoned', with their 'running' stage runs. Only
+    this host's: a pid says nothing about another machine. finished_at is the run's last sign of life (its last
+    stage start or finish, or metric), so v_runs' duration_s is how long it really ran."""
+    running = con.execute("SELECT run_id, pid, started_at FROM runs "
+                          "WHERE status = 'running' AND host = ? AND pid IS NOT NULL", [host]).fetchall()
+    for run_id, pid, started_at in running:
+        if process_alive(pid, started_at):
+            continue
+        last_seen = con.execute("""
+            SELECT max(t) FROM (
+                SELECT started_at AS t FROM runs WHERE run_id = $1
+                UNION ALL SELECT started_at FROM stage_runs WHERE run_id = $1
+                UNION ALL SELECT finished_at FROM stage_runs WHERE run_id = $1
+                UNION ALL SELECT m.recorded_at FROM metrics m JOIN stage_runs s USING (stage_run_id)
+                          WHERE s.run_id = $1)""", [run_id]).fetchone()[0]
+        cause = f"abandoned: process {pid} on {host} ended without finishing its run (killed, or out of memory)"
+        con.execute("UPDATE stage_runs SET status = 'abandoned', cause = ?, finished_at = ? "
+                    "WHERE run_id = ? AND status = 'running'", [cause, last_seen, run_id])
+        con.execute("UPDATE runs SET status = 'abandoned', finished_at = ? WHERE run_id = ?", [last_seen, run_id])
+
+
+def process_alive(pid: int, since: datetime | None = None) -> bool:
+    """Whether process `pid` of this host is alive and, given `since` (naive UTC), is the one that was alive then:
+    a process that started later only got the pid again (a restarted container's flow is often the same small pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's; /proc may hide the rest
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc (not Linux): the pid is all there is to go on
+    state, started = stat
+    if state == "Z":
+        return False  # a zombie: dead, only not yet reaped by its parent
+    return since is None or started <= since + timedelta(seconds=2)  # /proc's boot time has 1 s steps
+
+
+def _proc_stat(pid: int) -> tuple[str, datetime] | None:
+    """(state, start time as naive UTC) of a process from /proc; None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # the name may hold spaces
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5): start time in ticks
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return fields[0], datetime.fromtimestamp(started, timezone.utc).replace(tzinfo=None)
 
 
 class StoreLogger:
@@ -459,6 +534,10 @@ def library_versions() -> dict[str, str]:
 # ---- small converters ----------------------------------------------------------------------------------
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)  # TIMESTAMP columns hold naive UTC
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,8 +1,8 @@
 """The over-optimisation sweep: PPO at several KL coefficients, gold and proxy reward against d = sqrt(KL).
 
 Usage:
-    from minirlhf.sweep import fit_gao_rl, point_config, run_sweep
-    alpha, beta, r2 = fit_gao_rl(d=[0.5, 1.0, 2.0], gain=[0.3, 0.5, 0.4])
+    from minirlhf.sweep import fit_points, point_config, run_sweep
+    fits = fit_points([{"d": 0.5, "gold_gain": 0.3}, {"d": 1.0, "gold_gain": 0.5}, {"d": 2.0, "gold_gain": 0.4}])
     cfg_005 = point_config(cfg, 0.05)                                          # one point's config: PPO at kl_coef 0.05
     result = run_sweep(cfg, {0.2: eval_dir_a, 0.05: eval_dir_b}, out_dir)      # points.json, fit.json, the figure
     spec = minirlhf.pipeline.plan_sweep(cfg, {0.2: eval_a, 0.05: eval_b})       # as a stage: key, then run_stage(spec, ...)
@@ -11,7 +11,8 @@ Gao, Schulman & Hilton (2022), "Scaling Laws for Reward Model Overoptimization",
 moved from its initialisation by d = sqrt(KL(pi || pi_init)) and find that, for RL, the gold reward gained over
 the initial policy follows R(d) = d (alpha - beta log d) (their Eq. 2; best-of-n follows d (alpha - beta d)).
 The proxy (the reward model the policy optimises) keeps rising with d while the gold reward peaks at
-d* = exp(alpha / beta - 1) and then falls: the over-optimisation the sweep makes visible.
+d* = exp(alpha / beta - 1) and then falls: the over-optimisation the sweep makes visible. The formulas are in
+minirlhf/gao.py, the figure (the report's, drawn from this stage's points) in minirlhf/plots.py.
 
 Here each point is one PPO run (one `ppo.kl_coef`, everything else shared and reused from the cache), evaluated
 against SFT on the same held-out prompts: d = sqrt(eval/ppo/kl), gain = eval/ppo/<reward> - eval/sft/<reward>.
@@ -28,41 +29,17 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
 from minirlhf.config import PipelineConfig, build_config
+from minirlhf.gao import d_star, fit_gao_rl
+from minirlhf.plots import plot_sweep
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 
 log = logging.getLogger("minirlhf")
 
 FIGURE = "overoptimization.png"
 REWARDS = ("gold", "proxy")
-
-
-def fit_gao_rl(d: list[float], gain: list[float]) -> tuple[float, float, float]:
-    """Least-squares fit of R(d) = d (alpha - beta log d) = alpha d - beta d log d (linear in alpha, beta).
-    Returns (alpha, beta, r2); r2 is the share of the gains' variance around their mean that the fit explains."""
-    d_arr, gain_arr = np.asarray(d, dtype=float), np.asarray(gain, dtype=float)
-    if len(d_arr) < 2 or np.any(d_arr <= 0):
-        raise ValueError(f"the fit needs at least two points with d > 0, got d={list(d)}")
-    design = np.stack([d_arr, -d_arr * np.log(d_arr)], axis=1)  # (points, 2): columns multiply alpha, beta
-    (alpha, beta), *_ = np.linalg.lstsq(design, gain_arr, rcond=None)
-    residual = gain_arr - design @ np.array([alpha, beta])
-    total = float(((gain_arr - gain_arr.mean()) ** 2).sum())
-    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else float("nan")
-    return float(alpha), float(beta), r2
-
-
-def gao_rl(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-    """R(d) = d (alpha - beta log d), with R(0) = 0 (the limit)."""
-    d = np.asarray(d, dtype=float)
-    safe = np.where(d > 0, d, 1.0)
-    return np.where(d > 0, d * (alpha - beta * np.log(safe)), 0.0)
-
-
-def d_star(alpha: float, beta: float) -> float | None:
-    """Where R(d) peaks: dR/dd = alpha - beta (log d + 1) = 0. Only a maximum when beta > 0."""
-    return math.exp(alpha / beta - 1) if beta > 0 and alpha / beta - 1 < 50 else None
 
 
 def sweep_point(kl_coef: float, eval_metrics: dict[str, float]) -> dict[str, float]:
@@ -91,18 +68,13 @@ def fit_points(points: list[dict]) -> dict[str, dict[str, float]]:
     return fits
 
 
-def plot_sweep(points: list[dict], fits: dict[str, dict[str, float]], path: Path) -> Path:
-    """Gold and proxy gain over SFT against d with the fitted curves: the report's figure (minirlhf.report), drawn
-    from this stage's points instead of the store's views."""
-    import pandas as pd
-
-    from minirlhf.report import plot_sweep as draw
-
-    columns = ["kl_coef", "d", "gold_gain", "proxy_gain"]
-    points_frame = pd.DataFrame(points).reindex(columns=columns)
+def draw_sweep(points: list[dict], fits: dict[str, dict[str, float]], path: Path) -> Path:
+    """Gold and proxy gain over SFT against d with the fitted curves: the report's figure, drawn from this
+    stage's points instead of the store's views."""
+    points_frame = pd.DataFrame(points).reindex(columns=["kl_coef", "d", "gold_gain", "proxy_gain"])
     fits_frame = pd.DataFrame([{"reward": r, **f} for r, f in fits.items()],
                               columns=["reward", "alpha", "beta", "r2", "d_star"])
-    return draw(points_frame, fits_frame, path)
+    return plot_sweep(points_frame, fits_frame, path)
 
 
 def sweep_metrics(points: list[dict], fits: dict[str, dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
@@ -135,7 +107,7 @@ def run_sweep(cfg: PipelineConfig, evals: dict[float, Path], out_dir: Path, logg
     with stage_output(out_dir, result) as tmp:
         (tmp / "points.json").write_text(json.dumps(points, indent=1))
         (tmp / "fit.json").write_text(json.dumps(fits, indent=1))
-        plot_sweep(points, fits, tmp / FIGURE)
+        draw_sweep(points, fits, tmp / FIGURE)
         result.seconds = time.perf_counter() - started
     return result
 

@@ -1,15 +1,56 @@
-"""What the TRL-based stages (SFT, reward model, and later DPO/RLOO) share: common trainer arguments and
-forwarding the Trainer's logs to our store."""
+"""What the TRL-based stages (SFT, reward model, and later DPO/RLOO) share: common trainer arguments,
+forwarding the Trainer's logs to our store, and each stage's progress line (PPO's too: `progress_bar`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from minirlhf.models import count_parameters, merge_lora
 from minirlhf.stage import MetricLogger
+
+
+# `--verbose` (minirlhf.console.VERBOSE_ENV; not imported: the console is no part of a stage's code version)
+VERBOSE_ENV = "MINIRLHF_VERBOSE"
+# One line per stage, left on screen when done: `sft     ████████████████████ 20/20 [00:03<00:00, loss 3.98]`.
+BAR_FORMAT = "{desc:<7} {bar:20} {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+
+# The numbers a stage's line shows, from the Trainer's logs: (key, label, format). RLOO's loss is about 0 by
+# construction (leave-one-out advantages): its rewards and KL say how it goes, as PPO's line does.
+BAR_NUMBERS = {None: (("loss", "loss", ".4g"),),
+               "rloo": (("proxy_reward", "proxy", ".2f"), ("gold_reward", "gold", ".2f"), ("kl", "kl", ".2f"))}
+
+
+def progress_bar(stage: str, total: int, initial: int = 0) -> tqdm:
+    """A stage's progress line (stderr): name, bar, step/total, elapsed<ETA, then the numbers set as postfix."""
+    return tqdm(total=total, initial=initial, desc=stage, bar_format=BAR_FORMAT, dynamic_ncols=True)
+
+
+class StageProgress(ProgressCallback):
+    """The Trainer's progress bar as the stage's one line, the last logged loss in it; the Trainer's log dicts,
+    which ProgressCallback prints every `logging_steps`, go to the store only (LogToStore)."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = progress_bar(self.stage, state.max_steps)
+        self.current_step = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        shown = [f"{label} {logs[key]:{fmt}}" for key, label, fmt in BAR_NUMBERS.get(self.stage, BAR_NUMBERS[None])
+                 if isinstance(logs.get(key), (int, float))]
+        if self.training_bar is not None and shown:
+            self.training_bar.set_postfix_str(", ".join(shown))
 
 
 class LogToStore(TrainerCallback):
@@ -18,6 +59,7 @@ class LogToStore(TrainerCallback):
 
     def __init__(self, template: str, logger: MetricLogger, history: list[dict]):
         self.template, self.logger, self.history = template, logger, history
+        self.stage = template.split("/")[0]  # the stage's name, for its progress line
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numeric = {self.template.format(k): float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
@@ -59,6 +101,10 @@ def train_and_save(trainer, tokenizer, out_dir: Path):
     """Train, fold any LoRA adapters into the weights, save model and tokenizer to `out_dir`: every TRL stage's
     output is a plain checkpoint the next stage loads as usual. Returns (TrainOutput, trainable params, model)."""
     trainable = count_parameters(trainer.model, trainable_only=True)
+    verbose = os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    if not verbose and trainer.pop_callback(ProgressCallback) is not None:  # none in a notebook: its own display
+        stage = next((cb.stage for cb in trainer.callback_handler.callbacks if isinstance(cb, LogToStore)), "train")
+        trainer.add_callback(StageProgress(stage))
     output = trainer.train()
     model = merge_lora(trainer.model)
     model.save_pretrained(out_dir)

@@ -1,7 +1,16 @@
-"""Shared test setup: offline by construction, small thread counts, the shared HH-RLHF data path."""
+"""Shared test setup: offline by construction, small thread counts, the shared HH-RLHF data path, and the one rule
+for tests whose outside input is missing (the ../shared rows, the packaged models, Chromium): on a developer's
+machine they skip with the reason; in CI (env CI set) they fail, so CI can never silently lose them."""
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -12,8 +21,79 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_HH = REPO.parent / "shared" / "data" / "hh-rlhf"
+SHARED_HH_FILE = SHARED_HH / "harmless-base-test.first1800.jsonl.gz"
+
+
+def skip_or_fail_in_ci(reason: str) -> NoReturn:
+    """A test whose outside input is missing: skipped with `reason`, or failed with it when env CI is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} [CI is set: a missing input fails the test instead of skipping it]", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_shared_hh() -> Path:
+    """The shared HH-RLHF folder (../shared/data/hh-rlhf beside the checkout), or skip (fail in CI)."""
+    if not SHARED_HH_FILE.is_file():
+        skip_or_fail_in_ci(f"shared HH-RLHF rows not found at {SHARED_HH_FILE}: "
+                           "clone the shared data as ../shared beside the checkout")
+    return SHARED_HH
+
+
+def require_real_model(name: str) -> tuple[str, str | None]:
+    """resolve_source(name) for a packaged offline model ('smollm2', 'minilm'), or skip (fail in CI)."""
+    from minirlhf.models import ModelNotAvailable, resolve_source  # imported here: torch only for tests that need it
+
+    try:
+        return resolve_source(name)
+    except ModelNotAvailable as err:
+        skip_or_fail_in_ci(f"packaged model {name!r} not available: {err}")
 
 
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# ---- a real Prefect server for tests that run `minirlhf flow` as a separate process -----------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server_env(tmp_path_factory):
+    """Environment for processes talking to a fresh `prefect server start` (own PREFECT_HOME and database)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "default-results"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen([Path(sys.executable).with_name("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            pytest.fail(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+        time.sleep(1)
+    yield env
+    stop_process(proc)

@@ -1,8 +1,8 @@
 """The dashboard in a real browser: `minirlhf dashboard` on loopback, opened in headless Chromium over the DevTools
 protocol; a chart and the policy comparison table must render. Screenshots are kept in artifacts/test-screenshots/.
 
-Chromium is Debian's `chromium` package: the `chromium` fixture installs it with apt-get when it is missing (we run
-as root in CI). Where it cannot be installed the test is skipped, and the reason is printed.
+Chromium is Debian's `chromium` package, installed by `make browser` (which `make test` runs first); the tests only
+look for it on PATH. Where it is missing they skip with that reason, and in CI (env CI set) they fail instead.
 """
 
 import base64
@@ -21,6 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from minirlhf.store import Store
+from tests.conftest import skip_or_fail_in_ci
 from tests.test_dashboard import dashboard_store
 
 pytestmark = pytest.mark.e2e
@@ -29,33 +30,13 @@ SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
 RENDER_TIMEOUT_S = 90  # the machine is shared: a first page load can take a while
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> str:
+    """The chromium binary on PATH; installing it is a setup step (`make browser`), never done by a test."""
     found = shutil.which("chromium")
     if found is None:
-        found, reason = install_chromium()
-    if found is None:
-        print(f"SKIPPED browser test: {reason}")
-        pytest.skip(reason)
+        skip_or_fail_in_ci("Chromium not installed: run `make browser`")
     return found
-
-
-def install_chromium() -> tuple[str | None, str]:
-    """Debian's chromium with apt-get (as root, or through passwordless sudo): its path, or None and why not."""
-    if shutil.which("apt-get") is None:
-        return None, "chromium is not installed and there is no apt-get to install it with"
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    no_sudo = shutil.which("sudo") is None or subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode
-    if sudo and no_sudo:
-        return None, "chromium is not installed, and apt-get needs root (no passwordless sudo here)"
-    install = [*sudo, "apt-get", "install", "-y", "chromium"]
-    done = subprocess.run(install, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:  # stale package lists: refresh once and try again
-        subprocess.run([*sudo, "apt-get", "update"], capture_output=True, timeout=600)
-        done = subprocess.run(install, capture_output=True, text=True, timeout=900)
-    if shutil.which("chromium") is None:
-        return None, f"`{' '.join(install)}` failed ({done.returncode}): {done.stderr.strip()[-500:]}"
-    return shutil.which("chromium"), ""
 
 
 def free_port() -> int:

@@ -19,9 +19,9 @@ from minirlhf.data.hh import (
     to_records,
     train_test_split_by_rows,
 )
+from tests.conftest import SHARED_HH_FILE as SHARED_FILE
+from tests.conftest import require_shared_hh
 
-SHARED_HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf"
-SHARED_FILE = SHARED_HH / "harmless-base-test.first1800.jsonl.gz"
 BAD_ROWS = Path(__file__).resolve().parent / "fixtures" / "hh" / "bad_rows.jsonl"
 
 # What the parser really finds in the first 1,800 rows of harmless-base/test (checked by reading them):
@@ -51,9 +51,7 @@ BAD_ROWS_PROBLEMS = [
 
 @pytest.fixture
 def shared_hh() -> Path:
-    if not SHARED_FILE.is_file():
-        pytest.skip(f"shared HH-RLHF rows not found at {SHARED_FILE} (CI clones the repo with shared/ beside it)")
-    return SHARED_HH
+    return require_shared_hh()  # skips when ../shared is missing; fails in CI
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,56 +22,13 @@ import pytest
 from minirlhf.config import load_config
 from minirlhf.pipeline import PIPELINE as STAGES
 from minirlhf.store import Store
+from tests.conftest import stop_process
 from tests.test_ppo import TINY
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FLOW_TIMEOUT_S = 900  # a tiny flow takes ~30-60 s here; generous for a loaded 2-core CI machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server_env(tmp_path_factory):
-    """Environment for processes talking to a fresh `prefect server start` (own PREFECT_HOME and database)."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "default-results"),
-            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-        time.sleep(1)
-    yield env
-    _stop(proc)
 
 
 def _overrides(output_dir: Path, *extra: str) -> list[str]:
@@ -94,7 +49,7 @@ def _wait(proc: subprocess.Popen, output_dir: Path, log_name: str = "flow") -> N
     try:
         rc = proc.wait(FLOW_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _stop(proc, signal.SIGKILL)
+        stop_process(proc, signal.SIGKILL)
         rc = "timeout"
     log = (output_dir.parent / f"{output_dir.name}-{log_name}.log").read_text()
     assert rc == 0, f"minirlhf flow ended with {rc}:\n{log[-4000:]}"
@@ -129,7 +84,7 @@ def test_sigkilled_flow_resumes_ppo_from_its_checkpoint(server_env, tmp_path):
 
     _wait(_start_flow(server_env, out, *settings, log_name="rerun"), out, "rerun")
     runs = _runs(out)
-    assert runs["status"].tolist() == ["running", "completed"]
+    assert runs["status"].tolist() == ["abandoned", "completed"]  # the rerun found its process dead
     rerun = _stage_runs(out, runs["run_id"].iloc[1])
     assert [rerun[s][0]["cache_hit"] for s in ("data", "sft", "reward")] == [True] * 3
     assert [rerun[s][0]["status"] for s in STAGES] == ["completed"] * len(STAGES)
@@ -197,7 +152,7 @@ def test_deployment_run_from_prefect_yaml_with_a_process_worker(server_env, tmp_
         started = prefect("deployment", "run", "rlhf-pipeline/rlhf-demo", "--params", json.dumps({"config": config}),
                           "--watch", "--watch-timeout", str(FLOW_TIMEOUT_S))
     finally:
-        _stop(worker)
+        stop_process(worker)
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)
 
     store = Store.for_output_dir(out)

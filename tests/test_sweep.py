@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from minirlhf.config import load_config
-from minirlhf.sweep import d_star, fit_gao_rl, fit_points, gao_rl, sweep_metrics, sweep_point
+from minirlhf.gao import d_star, fit_gao_rl, gao_rl
+from minirlhf.sweep import fit_points, sweep_metrics, sweep_point
 from tests.test_ppo import TINY
 
 

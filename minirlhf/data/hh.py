@@ -14,7 +14,10 @@ last Assistant reply (github.com/anthropics/hh-rlhf). We split each at its last 
 prompt is everything up to and including that marker, the response is what follows, kept verbatim (it
 normally starts with a space). A row is a pair only if both dialogues split and give the *same* prompt;
 any other row is recorded in `problems` with its row number and the reason, never silently dropped, and
-one bad row never stops the load.
+one bad row never stops the load. What the user must fix raises a `minirlhf.errors.UserError` naming the file
+(and line): a missing path (`MissingInput`), a file that is not gzip where its name says so, is not UTF-8
+text (binary data), or holds no preference pair at all (`UnusableInput`). `local_files` checks the head of
+each file, so such a file fails when the stage key is computed, before anything runs.
 
 Row numbers are 0-based, in file order (for a folder, across its files in the order they are read;
 blank lines are not rows). On the hub path they are the dataset's row indices.
@@ -27,11 +30,13 @@ import itertools
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minirlhf.data.formatting import ASSISTANT, HUMAN
+from minirlhf.errors import MissingInput, UnusableInput
 
 KEYS = ("chosen", "rejected")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -41,6 +46,8 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "dev")
 # A hub dataset id: `name` or `namespace/name` (huggingface_hub's REPO_ID_REGEX, simplified).
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w\-.]*/)?[A-Za-z0-9][\w\-.]*$")
 SUMMARY_MAX_PROBLEMS = 10  # problems listed by summary(); all of them stay in `problems`
+GZIP_MAGIC = b"\x1f\x8b"
+WHAT_TO_GIVE = "data.hh_path must be HH-RLHF JSON Lines (.jsonl, or gzip-compressed .jsonl.gz)"
 
 
 class MalformedRow(ValueError):
@@ -158,16 +165,64 @@ def parse_rows(rows: Iterable[dict]) -> HHLoadResult:
 
 
 def _read_jsonl(path: Path) -> Iterator[object]:
-    """Yield each non-blank line of a .jsonl or .jsonl.gz file, decoded; a MalformedRow if it is not JSON."""
+    """Yield each non-blank line of a .jsonl or .jsonl.gz file, decoded; a MalformedRow if it is not JSON.
+    A file that cannot be decompressed or is not text raises UnusableInput (see `_text_lines`)."""
+    for line_number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as err:
+            yield MalformedRow(f"invalid JSON ({path.name} line {line_number}, column {err.colno}: {err.msg})")
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) of each line of a .jsonl or .jsonl.gz file. Read as bytes and decoded line by
+    line, so a decoding error names its line; a file that is not gzip where its name says so, damaged gzip data
+    or a line that is not UTF-8 text raises UnusableInput naming the file and the line."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                yield MalformedRow(f"invalid JSON ({path.name} line {line_number}, column {err.colno}: {err.msg})")
+    line_number = 0
+    try:
+        with opener(path, "rb") as raw:
+            for line_number, data in enumerate(raw, start=1):
+                yield line_number, _decode_line(path, line_number, data)
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise UnusableInput(_unreadable(path, line_number + 1, err)) from None
+
+
+def _decode_line(path: Path, line_number: int, data: bytes) -> str:
+    if line_number == 1 and data.startswith(GZIP_MAGIC):
+        raise UnusableInput(f"{path}: gzip-compressed data in a file not named .gz; rename it to .jsonl.gz")
+    if b"\0" in data:
+        raise UnusableInput(f"{path}: line {line_number} holds a NUL byte, not JSON text (binary data?); {WHAT_TO_GIVE}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnusableInput(f"{path}: line {line_number} is not UTF-8 text (binary data?); {WHAT_TO_GIVE}") from None
+
+
+def _unreadable(path: Path, line_number: int, err: Exception) -> str:
+    """Why the file could not be read, and what to do, on one line."""
+    if isinstance(err, gzip.BadGzipFile) and "Not a gzipped file" in str(err):
+        return (f"{path}: not gzip data although its name ends in .gz ({err}); gzip it, or drop .gz from its "
+                "name if it is plain JSON Lines")
+    if isinstance(err, (gzip.BadGzipFile, EOFError, zlib.error)):
+        return (f"{path}: the gzip data is damaged at line {line_number} ({type(err).__name__}: {err}); "
+                "copy or export the file again")
+    return f"{path}: cannot be read ({type(err).__name__}: {err}); check the path and its permissions"
+
+
+def check_readable(path: Path) -> None:
+    """Raise UnusableInput if the file is not JSON Lines text at all (not gzip where named .gz, binary data).
+    Reads only up to its first non-blank line, so it costs nothing on a big file; damage further in is found
+    when `load_hh` reads it."""
+    lines = _text_lines(path)
+    try:
+        for _, text in lines:
+            if text.strip():
+                return
+    finally:
+        lines.close()
 
 
 def _strip_jsonl_suffix(name: str) -> str:
@@ -188,19 +243,19 @@ def _files_in_dir(directory: Path, split: str, data_dir: str | None) -> list[Pat
         directory = directory / data_dir
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(JSONL_SUFFIXES))
     if not files:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no *.jsonl or *.jsonl.gz files in {directory}"
             + (f" (nor a subfolder {data_dir!r})" if data_dir and directory.name != data_dir else "")
             + "; point data.hh_path at a .jsonl(.gz) file or a folder holding some"
         )
     for_split = [p for p in files if _strip_jsonl_suffix(p.name) == split]
     if len(for_split) > 1:
-        raise ValueError(f"both {for_split[0].name} and {for_split[1].name} in {directory}: keep one, or point data.hh_path at it")
+        raise UnusableInput(f"both {for_split[0].name} and {for_split[1].name} in {directory}: keep one, or point data.hh_path at it")
     if for_split:
         return for_split
     split_files = [p.name for p in files if _strip_jsonl_suffix(p.name) in SPLIT_NAMES]
     if split_files:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no {split}.jsonl(.gz) in {directory} (it holds split files {split_files}); "
             f"set data.hh_split to one of them or point data.hh_path at a file"
         )
@@ -218,12 +273,19 @@ def _looks_like_path(source: str) -> bool:
 
 
 def local_files(source: str | Path, split: str, data_dir: str | None) -> list[Path] | None:
-    """The local files `load_hh(source, ...)` reads, in order; None when `source` is a hub dataset id.
-    (The data stage's cache key holds their content digest: minirlhf.inputs.)"""
+    """The local files `load_hh(source, ...)` reads, in order, each checked by `check_readable`; None when
+    `source` is a hub dataset id. (The data stage's cache key holds their content digest: minirlhf.inputs.)"""
+    files = _local_paths(source, split, data_dir)
+    for path in files or ():
+        check_readable(path)
+    return files
+
+
+def _local_paths(source: str | Path, split: str, data_dir: str | None) -> list[Path] | None:
     path = Path(source).expanduser()
     if not path.exists():
         if isinstance(source, Path) or _looks_like_path(str(source)):
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"no HH-RLHF data at {path.resolve()}: expected a .jsonl or .jsonl.gz file, or a folder holding some. "
                 f"Point data.hh_path at one (e.g. ../shared/data/hh-rlhf), or use the hub id 'Anthropic/hh-rlhf' "
                 f"with network access."
@@ -233,7 +295,7 @@ def local_files(source: str | Path, split: str, data_dir: str | None) -> list[Pa
         return _files_in_dir(path, split, data_dir)
     if path.name.endswith(JSONL_SUFFIXES):
         return [path]
-    raise ValueError(f"{path} is not a .jsonl or .jsonl.gz file; HH-RLHF rows are read from JSON Lines")
+    raise UnusableInput(f"{path} is not a .jsonl or .jsonl.gz file; HH-RLHF rows are read from JSON Lines")
 
 
 def _hub_rows(source: str, split: str, data_dir: str | None) -> Iterator[dict]:
@@ -257,7 +319,8 @@ def load_hh(source: str | Path, *, split: str = "train", data_dir: str | None = 
 
     A local folder is read as `_files_in_dir` says. Anything else that is a valid hub id goes through
     `datasets.load_dataset(source, data_dir=data_dir, split=split)`. `limit` keeps the first `limit` rows.
-    A missing path raises FileNotFoundError.
+    A missing path raises MissingInput (a FileNotFoundError); a file that cannot be read as JSON Lines text, or
+    rows of which none is a preference pair, raise UnusableInput (a ValueError), naming the file.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
@@ -266,7 +329,19 @@ def load_hh(source: str | Path, *, split: str = "train", data_dir: str | None = 
         rows = _hub_rows(str(source), split, data_dir)
     else:
         rows = itertools.chain.from_iterable(_read_jsonl(f) for f in files)
-    return parse_rows(itertools.islice(rows, limit))
+    loaded = parse_rows(itertools.islice(rows, limit))
+    if not loaded.pairs:  # a few bad rows are problems; nothing usable at all is the wrong file
+        raise UnusableInput(_no_pairs(source, files, loaded))
+    return loaded
+
+
+def _no_pairs(source: str | Path, files: list[Path] | None, loaded: HHLoadResult) -> str:
+    where = str(files[0]) if files and len(files) == 1 else str(source)
+    if not loaded.problems:
+        return f"{where}: no rows (empty); {WHAT_TO_GIVE}, one {{'chosen': ..., 'rejected': ...}} object a line"
+    first = loaded.problems[0]
+    return (f"{where}: none of its {loaded.n_rows} rows is a preference pair (row {first.row}: {first.reason}); "
+            f"{WHAT_TO_GIVE}, one {{'chosen': ..., 'rejected': ...}} object a line")
 
 
 # ---------------------------------------------------------------------------------------------- using
@@ -285,7 +360,7 @@ def train_test_split_by_rows(pairs: list[PreferencePair], n_train: int) -> tuple
     train = [p for p in pairs if p.source_row < n_train]
     test = [p for p in pairs if p.source_row >= n_train]
     if not train or not test:
-        raise ValueError(
+        raise UnusableInput(
             f"n_train={n_train} leaves no pairs on one side of rows 0..{max((p.source_row for p in pairs), default=-1)}; "
             f"set data.hh_n_train to a row number inside that range (or load more rows: data.hh_limit)"
         )

@@ -7,12 +7,15 @@ Usage:
 It follows Ziegler et al. 2019 and Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"):
 a frozen reference policy (the SFT model), a per-token KL penalty, the reward-model score added at the
 last response token, GAE, whitened advantages, clipped policy and value losses, and a value model
-initialised from the reward model (or a value head on the policy). The math lives in `core.py`.
+initialised from the reward model (or a value head on the policy). The math lives in `core.py`. Dropout is off in
+every model (Huang et al. 2024), rollout passes run in eval mode, and sampling ignores the checkpoint's
+generation_config.json (minirlhf.generation): the logprobs the update recomputes are those it sampled from.
 
 Checkpoints (every `ppo.checkpoint_every` steps) go to `<out_dir>.checkpoints/step-NNNNNN/`: policy and
-value weights as safetensors, optimiser, scheduler, KL controller, RNG states and the step in a
-`torch.load(weights_only=True)` file, a sha256 manifest and a COMPLETE marker written last; the directory
-is renamed into place, and only the newest `keep_checkpoints` are kept. A run started again with the
+value weights as safetensors, optimiser, scheduler, KL controller, RNG states (torch CPU and CUDA, the prompt
+sampler, Python's `random` with gauss_next) and the step in a `torch.load(weights_only=True)` file, a sha256
+manifest and a COMPLETE marker written last; the directory is renamed into place, and only the newest
+`keep_checkpoints` are kept. A run started again with the
 same key resumes from the newest valid checkpoint and, on a deterministic CPU, reproduces the metrics
 and weights of an uninterrupted run exactly. A corrupt or partial checkpoint is skipped with a warning.
 
@@ -40,7 +43,7 @@ from minirlhf.data.gold import gold_or_none
 from minirlhf.data.task import read_jsonl
 from minirlhf.errors import PPOUnstable
 from minirlhf.generation import decode_responses, encode_prompts, position_ids_from, response_logits, sample_responses, sampling_config
-from minirlhf.models import add_lora, is_peft, load_policy, load_reward_model, merge_lora, resolve_device
+from minirlhf.models import add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora, resolve_device
 from minirlhf.ppo import core
 from minirlhf.reward import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, atomic_dir, output_problems, stage_output
@@ -86,6 +89,12 @@ class PPOTrainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.logger = logger or NullLogger()
         self.device = next(policy.parameters()).device
+        # Dropout off in every model PPO runs (Huang et al. 2024; TRL's disable_dropout_in_model): the old logprobs
+        # and values come from no-dropout passes, so the update's passes must be the same functions, or the ratio of
+        # the first minibatch is not 1 (GPT-2's dropout 0.1: ratio_max 1.063, approxkl 8.3e-4 before any step).
+        for model in (policy, ref_policy, value_model):
+            if model is not None:
+                disable_dropout(model)
         for model in (ref_policy, reward_model):
             model.eval().requires_grad_(False)
         if self.args.value_model == "separate":
@@ -145,6 +154,12 @@ class PPOTrainer:
         idx = torch.randint(len(self.prompts), (self.args.batch_size,), generator=self.generator).tolist()
         rows = [self.prompts[i] for i in idx]
         prompts = [r["prompt"] for r in rows]
+        # Eval mode for every rollout pass; `update` switches back to train mode. With dropout off both modes compute
+        # the same function, but a value model left in train mode by the last update once gave two identical passes
+        # 0.196 apart: be explicit.
+        self.policy.eval()
+        if self.value_model is not None:
+            self.value_model.eval()
         query_ids, query_mask, response_ids, response_mask, has_eos = self.generate(prompts)
         logits, hidden = self._forward(self.policy, query_ids, query_mask, response_ids, response_mask, hidden=self.value_head is not None)
         logprobs = core.logprobs_from_logits(logits, response_ids)
@@ -261,8 +276,10 @@ class PPOTrainer:
             "scheduler": self.scheduler.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # sampling in `generate` draws from the CUDA generators on a GPU
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
             "generator": self.generator.get_state(),
-            "python_rng": list(random.getstate()[1]),
+            "python_rng": python_rng_state(),
         }
 
     def save_checkpoint(self) -> Path:
@@ -320,23 +337,46 @@ class PPOTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():  # a CPU checkpoint (or an older one) has none
+            cuda_states = state["cuda_rng"]
+            if len(cuda_states) != torch.cuda.device_count():
+                log.warning("checkpoint %s holds RNG states for %d CUDA devices, this machine has %d: restoring the first %d",
+                            ckpt, len(cuda_states), torch.cuda.device_count(), min(len(cuda_states), torch.cuda.device_count()))
+            for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, device)
         self.generator.set_state(state["generator"])
-        random.setstate((3, tuple(state["python_rng"]), None))
+        set_python_rng_state(state["python_rng"])
 
     def train(self) -> dict[str, float]:
         """Train to `ppo.steps`, checkpointing; returns the last step's metrics (those of the curve when a run
         resumed at its final checkpoint and had nothing left to train)."""
-        from tqdm.auto import tqdm
+        from minirlhf.training import progress_bar
 
-        with tqdm(total=self.args.steps, initial=self.step, desc="ppo", unit="step") as bar:
+        # The stage's line: `ppo     ███ 6/6 [00:02<00:00, proxy -0.94, gold -0.56, kl 0.09]` (gold: embedded task only)
+        with progress_bar("ppo", self.args.steps, self.step) as bar:
             while self.step < self.args.steps:
                 metrics = self.train_step()
                 if self.step % self.args.checkpoint_every == 0 or self.step == self.args.steps:
                     self.save_checkpoint()
+                shown = {"proxy": metrics["ppo/proxy_reward"], "gold": metrics.get("ppo/gold_reward"), "kl": metrics["ppo/kl"]}
+                bar.set_postfix_str(", ".join(f"{k} {v:.2f}" for k, v in shown.items() if v is not None), refresh=False)
                 bar.update(1)
-                bar.set_postfix(proxy=f"{metrics['ppo/proxy_reward']:.2f}", gold=f"{metrics.get('ppo/gold_reward', float('nan')):.2f}",
-                                kl=f"{metrics['ppo/kl']:.2f}")
         return {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
+
+
+def python_rng_state() -> dict:
+    """`random.getstate()` in types `torch.load(weights_only=True)` reads back: version, the Mersenne Twister
+    words as a list, and gauss_next (the second normal `random.gauss` already drew, float or None)."""
+    version, internal, gauss_next = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def set_python_rng_state(saved: dict | list) -> None:
+    """Restore what `python_rng_state` saved; a checkpoint from before it holds the words only (a list)."""
+    if isinstance(saved, list):
+        random.setstate((3, tuple(saved), None))
+    else:
+        random.setstate((int(saved["version"]), tuple(saved["internal"]), saved["gauss_next"]))
 
 
 def write_curve(curve: list[dict], path: Path) -> None:
