@@ -27,7 +27,7 @@ from minirlhf.config import load_config  # noqa: E402
 from minirlhf.pipeline import run_pipeline  # noqa: E402
 from minirlhf.ppo import core  # noqa: E402
 from minirlhf.ppo.trainer import build_trainer  # noqa: E402
-from minirlhf.reward import score_texts  # noqa: E402
+from minirlhf.scoring import score_texts  # noqa: E402
 
 
 def timed(fn, repeat: int = 3) -> float:

@@ -30,9 +30,9 @@ from trl import DPOConfig, DPOTrainer
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_policy, lora_config
-from minirlhf.reward import fit_to_length
+from minirlhf.scoring import fit_to_length
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from minirlhf.training import LogToStore, train_and_save, trainer_common_args
+from minirlhf.training import LogToStore, last_logged, train_and_save, trainer_common_args
 
 # What the summary keeps of TRL's logs: the last logged value of each.
 SUMMARY = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
@@ -80,9 +80,3 @@ def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path, l
         result.metrics["dpo/seconds"] = result.seconds
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result
-
-
-def last_logged(history: list[dict], name: str) -> float | None:
-    """The newest value of a metric in a stage's per-step history, or None if it was never logged."""
-    values = [row[name] for row in history if name in row]
-    return values[-1] if values else None

@@ -30,7 +30,7 @@ from minirlhf.detect import degenerate_rates, detect_failures
 from minirlhf.models import load_policy, load_reward_model, resolve_device
 from minirlhf.generation import decode_responses, encode_prompts, sample_responses, sampling_config, sequence_logprob
 from minirlhf.ppo.trainer import CURVE, read_curve
-from minirlhf.reward import score_texts
+from minirlhf.scoring import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 
 log = logging.getLogger("minirlhf")

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from filelock import FileLock
 
 from minirlhf.config import PipelineConfig
+from minirlhf.console import print_stage_line, quiet_libraries, stage_failure_line
 from minirlhf.inputs import external_inputs
 from minirlhf.stage import StageResult, load_output
 from minirlhf.store import Store, StoreLogger
@@ -65,19 +66,19 @@ class Stage:
 
 GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold annotator and the facts it reads
 TRAINING = ("training.py", "models.py", "data/task.py", *GOLD)  # what the TRL stages share (task.py imports gold)
-SAMPLING = ("generation.py", "reward.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
+SAMPLING = ("generation.py", "scoring.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", ("data",), (), "minirlhf.data.prepare:run_data",
           ("data/prepare.py", "data/task.py", "data/hh.py", *GOLD)),
     # `seed` is in every key through the top level; the model section decides the base model.
     Stage("sft", ("model", "sft"), ("data",), "minirlhf.sft:run_sft", ("sft.py", *TRAINING)),
-    Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward", ("reward.py", *TRAINING, *GOLD)),
+    Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward", ("reward.py", "scoring.py", *TRAINING)),
     Stage("ppo", ("model", "ppo"), ("data", "sft", "reward"), "minirlhf.ppo.trainer:run_ppo",
           ("ppo/trainer.py", *SAMPLING, *TRAINING), retries=2),
-    Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "reward.py", *TRAINING)),
+    Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "scoring.py", *TRAINING)),
     Stage("rloo", ("model", "rloo"), ("data", "sft", "reward"), "minirlhf.rloo:run_rloo",
-          ("rloo.py", "dpo.py", *SAMPLING, *TRAINING)),
+          ("rloo.py", *SAMPLING, *TRAINING)),
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
           ("evaluate.py", "detect.py", "ppo/trainer.py", *SAMPLING, *TRAINING)),
@@ -203,8 +204,6 @@ def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1, task
     """The protocol of every stage output: under its lock, reuse the verified output if there is one, else compute
     it; one stage_runs row either way ('failed' with the cause if computing raises). On the console: the stage's
     progress line or one line when done (minirlhf.console), the libraries' own output quieted while it computes."""
-    from minirlhf.console import print_stage_line, quiet_libraries, stage_failure_line
-
     stage = STAGES[spec.name]
     with stage_lock(spec.out_dir):
         result = spec.find_output()
@@ -239,8 +238,6 @@ def record_reuse(spec: StageSpec, store: Store, run_id: str, task_run_id: str | 
                          cache_hit=True, task_run_id=task_run_id, output_dir=spec.out_dir) as logger:
         log_result(logger, spec, result)
     result.cache_hit, result.run_id = True, run_id
-    from minirlhf.console import print_stage_line
-
     print_stage_line(spec.name, result)  # `✓ sft     reused`, as run_stage prints a reused stage
     return result
 

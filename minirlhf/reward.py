@@ -2,13 +2,11 @@
 then a held-out evaluation of what the model learned.
 
 Usage:
-    from minirlhf.reward import run_reward, score_texts
+    from minirlhf.reward import run_reward
     result = run_reward(cfg, data_dir, sft_dir, out_dir)          # StageResult with reward/* metrics
-    scores = score_texts(model, tokenizer, prompts, responses)    # (batch,) exactly as in training
 
-`score_texts` is the one scoring function of the project (PPO, RLOO and evaluation use it): it scores
-`prompt + response + EOS`, because RewardTrainer appends EOS to every text it trains on. Scoring without
-the EOS skews the scores (seen with TRL 1.16: about -1.1..-2.2 instead of +0.88 for the same text).
+Scores are read through `minirlhf.scoring.score_texts`, the one scoring function of the project (PPO, RLOO and
+evaluation use it too): `prompt + response + EOS`, exactly as RewardTrainer trained on.
 
 Held-out metrics (names as stored in DuckDB):
   reward/accuracy          agreement with the (noisy) held-out labels
@@ -38,32 +36,9 @@ from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import FILLER
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_reward_model, lora_config
+from minirlhf.scoring import fit_to_length, score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import LogToStore, train_and_save, trainer_common_args
-
-
-@torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64, max_length: int = 512) -> torch.Tensor:
-    """Reward-model scores of `prompt + response + EOS`, as RewardTrainer trained them. (batch,) float32.
-
-    Too-long texts are cut from the left, keeping the end where the score is read."""
-    was_training = model.training
-    model.eval()
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    device = next(model.parameters()).device
-    scores = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [p + r + tokenizer.eos_token for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
-            # add_special_tokens as TRL tokenizes (`tokenizer(text=...)`): [CLS]...[SEP] for BERT-like backbones, nothing for GPT-2.
-            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            scores.append(model(**batch).logits[:, 0].float().cpu())
-    finally:
-        tokenizer.truncation_side = side
-        model.train(was_training)
-    return torch.cat(scores) if scores else torch.zeros(0)
 
 
 def _pearson(x: list[float], y: list[float]) -> float:
@@ -111,25 +86,6 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], max_length: int = 512) -
         for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())
     ]
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, rows
-
-
-def fit_to_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int, int]:
-    """Make every pair fit `max_length` tokens (with EOS) by cutting its prompt from the left, so long
-    dialogues keep their last turns instead of being dropped by RewardTrainer's length filter.
-    Pairs whose response alone is too long are dropped. Returns (rows, n_truncated, n_dropped)."""
-    kept, truncated, dropped = [], 0, 0
-    budget = max_length - 3  # room for EOS and a backbone's own special tokens ([CLS], [SEP])
-    for row in rows:
-        response_len = max(len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
-        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        if response_len >= budget:
-            dropped += 1
-            continue
-        if len(prompt_ids) + response_len > budget:
-            row = {**row, "prompt": tokenizer.decode(prompt_ids[len(prompt_ids) + response_len - budget :])}
-            truncated += 1
-        kept.append(row)
-    return kept, truncated, dropped
 
 
 def _backbone(cfg: PipelineConfig, sft_dir: Path) -> str:

@@ -38,11 +38,10 @@ from trl import RLOOConfig, RLOOTrainer
 from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import gold_or_none
 from minirlhf.data.task import read_jsonl
-from minirlhf.dpo import last_logged
 from minirlhf.models import load_policy, load_reward_model, lora_config, resolve_device
-from minirlhf.reward import score_texts
+from minirlhf.scoring import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from minirlhf.training import LogToStore, train_and_save, trainer_common_args
+from minirlhf.training import LogToStore, last_logged, train_and_save, trainer_common_args
 
 SUMMARY = ("reward", "proxy_reward", "gold_reward", "eos_rate", "kl", "loss", "entropy", "completions/mean_length")
 

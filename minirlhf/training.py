@@ -110,3 +110,9 @@ def train_and_save(trainer, tokenizer, out_dir: Path):
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return output, trainable, model
+
+
+def last_logged(history: list[dict], name: str) -> float | None:
+    """The newest value of a metric in a stage's per-step history, or None if it was never logged."""
+    values = [row[name] for row in history if name in row]
+    return values[-1] if values else None

@@ -10,7 +10,7 @@ from minirlhf.data.task import read_jsonl
 from minirlhf.evaluate import sample
 from minirlhf.models import load_policy, load_reward_model
 from minirlhf.pipeline import PIPELINE, enabled_stages, needed_stages, plan, run_pipeline, upstream_of
-from minirlhf.reward import score_texts
+from minirlhf.scoring import score_texts
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from tests.test_ppo import TINY

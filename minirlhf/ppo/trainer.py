@@ -45,7 +45,7 @@ from minirlhf.errors import PPOUnstable
 from minirlhf.generation import decode_responses, encode_prompts, position_ids_from, response_logits, sample_responses, sampling_config
 from minirlhf.models import add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora, resolve_device
 from minirlhf.ppo import core
-from minirlhf.reward import score_texts
+from minirlhf.scoring import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, atomic_dir, output_problems, stage_output
 
 __all__ = ["PPOTrainer", "PPOUnstable", "Rollout", "build_trainer", "checkpoint_dir_for", "run_ppo"]
