@@ -149,17 +149,18 @@ def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, swee
         raise ReportError(f"no results store at {db_path}: run the pipeline first (`{RUN_HINT}` or `make demo`), "
                           "or point at one with --db / --output-dir")
     store = Store(db_path)
-    run_id = pick_run(store, run_id)
     figures = FigureFolder(Path(out_dir) / FIGURES_DIR)
-    sections = [
-        section_header(store, run_id, db_path),
-        section_reward_model(store, run_id, figures),
-        section_training_curves(store, run_id, figures),
-        section_policy_comparison(store, run_id, figures),
-        section_sweep(store, sweep_run_id, figures),
-        section_samples(store, run_id, n_samples),
-        section_failures(store, run_id),
-    ]
+    with store.reading():  # one read-only connection for all the report's queries
+        run_id = pick_run(store, run_id)
+        sections = [
+            section_header(store, run_id, db_path),
+            section_reward_model(store, run_id, figures),
+            section_training_curves(store, run_id, figures),
+            section_policy_comparison(store, run_id, figures),
+            section_sweep(store, sweep_run_id, figures),
+            section_samples(store, run_id, n_samples),
+            section_failures(store, run_id),
+        ]
     figures.drop_unused()  # a section now empty must not leave last report's figure behind
     return Report(sections)
 

@@ -143,6 +143,7 @@ class Store:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._schema_checked = False
+        self._reader: duckdb.DuckDBPyConnection | None = None  # the shared connection inside `reading()`
 
     @classmethod
     def for_output_dir(cls, output_dir: str | Path, lock_timeout_s: float = 60.0) -> "Store":
@@ -281,10 +282,8 @@ class Store:
         if refused:
             raise ReadOnlyQueryError(f"query is read-only: {', '.join(refused)} statements are refused; "
                                      "use the library's write API (minirlhf.store.Store) to change the store")
-        con = self._connect(read_only=True)
+        con = self._reader or self._read_connection()
         try:
-            for name, select in VIEWS.items():  # temp views live in memory: a read-only connection may create them
-                con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
             result = con.execute(sql, params or [])
             return result.df() if result.description else pd.DataFrame()
         except duckdb.PermissionException as err:  # READ_ONLY_CONFIG: a file, URL or extension outside the store
@@ -298,7 +297,26 @@ class Store:
             raise ReadOnlyQueryError(f"query is read-only: {_first_line(err)}; use the library's write API "
                                      "(minirlhf.store.Store) to change the store") from err
         finally:
-            con.close()
+            if con is not self._reader:
+                con.close()
+
+    @contextmanager
+    def reading(self) -> Iterator["Store"]:
+        """`with store.reading():` every `query` inside shares one read-only connection (the report's dozen queries:
+        one open and one set of temp views instead of one each). A writer of another process waits meanwhile."""
+        _require_store(self.path)
+        self._reader = self._read_connection()
+        try:
+            yield self
+        finally:
+            self._reader.close()
+            self._reader = None
+
+    def _read_connection(self) -> duckdb.DuckDBPyConnection:
+        con = self._connect(read_only=True)
+        for name, select in VIEWS.items():  # temp views live in memory: a read-only connection may create them
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
+        return con
 
     # ---- connections ---------------------------------------------------------------------------------
     @contextmanager

@@ -97,3 +97,20 @@ def server_env(tmp_path_factory):
         time.sleep(1)
     yield env
     stop_process(proc)
+
+
+# ---- the tiny pipeline once, by the CLI, as a user runs it (shared by the e2e, console and cache tests) ----------
+@pytest.fixture(scope="session")
+def tiny_cli_run(tmp_path_factory) -> tuple[Path, str]:
+    """`minirlhf run` of every stage on the tiny config (tests/test_ppo.py TINY) in a fresh output root: the root
+    and what the command printed (stdout + stderr). Tests that change files work on a copy of the root."""
+    from tests.test_ppo import TINY
+
+    root = tmp_path_factory.mktemp("tiny-cli") / "artifacts"
+    env = {**os.environ, "COLUMNS": "120"}
+    env.pop("MINIRLHF_VERBOSE", None)
+    sets = [a for o in [*TINY, f"output_dir={root}"] for a in ("--set", o)]
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", *sets], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, done.stdout + done.stderr

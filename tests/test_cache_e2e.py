@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from minirlhf.config import load_config
+from minirlhf.pipeline import run_pipeline
 from minirlhf.store import Store
 from tests.conftest import SHARED_HH
 from tests.test_ppo import TINY
@@ -22,8 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
 
 
-def minirlhf(command: str, root: Path, *overrides: str, stages: str | None = None, pythonpath: Path | None = None,
-             env: dict | None = None) -> tuple[dict[str, bool], float]:
+def minirlhf(command: str, root: Path, *overrides: str, pythonpath: Path | None = None, env: dict | None = None) -> tuple[dict[str, bool], float]:
     """Run `minirlhf <command>` on the tiny config (plus `overrides`) at `root`; return {stage: cache_hit} of that
     run and its seconds. `pythonpath`: run the package copy there instead of the checkout; `env`: the processes'
     environment (a flow needs a Prefect server's PREFECT_API_URL: the conftest's `server_env`)."""
@@ -32,8 +33,6 @@ def minirlhf(command: str, root: Path, *overrides: str, stages: str | None = Non
         env["PYTHONPATH"] = str(pythonpath)
     settings = [*TINY, *overrides, f"output_dir={root}"]  # later settings win
     args = [sys.executable, "-m", "flows.cli", command, *(a for o in settings for a in ("--set", o))]
-    if stages:
-        args += ["--stages", stages]
     started = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=pythonpath or REPO)
     seconds = time.perf_counter() - started
@@ -45,13 +44,9 @@ def minirlhf(command: str, root: Path, *overrides: str, stages: str | None = Non
 
 
 @pytest.fixture(scope="module")
-def computed(tmp_path_factory) -> Path:
-    """The whole tiny pipeline once, by the CLI; each test works on its own copy of this output root."""
-    root = tmp_path_factory.mktemp("computed") / "artifacts"
-    hits, seconds = minirlhf("run", root)
-    assert not any(hits.values())
-    print(f"\ntiny pipeline from scratch (minirlhf run): {seconds:.1f} s")
-    return root
+def computed(tiny_cli_run) -> Path:
+    """The whole tiny pipeline once, by the CLI (conftest); each test works on its own copy of this output root."""
+    return tiny_cli_run[0]
 
 
 def copy_of(root: Path, where: Path) -> Path:
@@ -110,9 +105,11 @@ def test_recomputed_sft_with_the_same_seed_keeps_the_reward_model(computed, tmp_
     root = copy_of(computed, tmp_path / "root")
     sft = next((root / "sft").glob("[0-9a-f]*[0-9a-f]"))
     shutil.rmtree(sft)
-    hits, seconds = minirlhf("run", root)
+    started = time.perf_counter()
+    results = run_pipeline(load_config(None, [*TINY, f"output_dir={root}"]))
+    hits = {name: result.cache_hit for name, result in results.items()}
     assert hits == {"data": True, "sft": False, "reward": True, "ppo": True, "dpo": True, "rloo": True, "eval": True}
-    print(f"\nSFT recomputed, everything below reused: {seconds:.1f} s")
+    print(f"\nSFT recomputed, everything below reused: {time.perf_counter() - started:.1f} s")
 
 
 def write_hh_rows(path: Path, first: int, n: int) -> None:
@@ -131,8 +128,12 @@ def test_a_preference_file_that_gained_rows_recomputes_data_and_what_reads_it(tm
     write_hh_rows(hh, 0, 40)
     hh_set = ["data.source=hh", f"data.hh_path={hh}", "data.hh_n_train=30", "sft.max_steps=2", "reward.max_steps=2",
               "sft.max_length=96", "reward.max_length=96", "model.max_prompt_length=48"]
-    root = tmp_path / "artifacts"
-    assert minirlhf("run", root, *hh_set, stages="reward")[0] == {"data": False, "sft": False, "reward": False}
-    assert minirlhf("run", root, *hh_set, stages="reward")[0] == {"data": True, "sft": True, "reward": True}
+    cfg = load_config(None, [*TINY, *hh_set, f"output_dir={tmp_path / 'artifacts'}"])
+
+    def run() -> dict[str, bool]:
+        return {name: result.cache_hit for name, result in run_pipeline(cfg, ("reward",)).items()}
+
+    assert run() == {"data": False, "sft": False, "reward": False}
+    assert run() == {"data": True, "sft": True, "reward": True}
     write_hh_rows(hh, 0, 60)  # the nightly export gained 20 rows: same path, other bytes
-    assert minirlhf("run", root, *hh_set, stages="reward")[0] == {"data": False, "sft": False, "reward": False}
+    assert run() == {"data": False, "sft": False, "reward": False}

@@ -152,8 +152,8 @@ def _run(tmp_path: Path, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_tiny_run_shows_progress_lines_and_the_summary_and_verbose_shows_everything(tmp_path):
-    quiet = _run(tmp_path / "quiet")
+def test_the_tiny_run_shows_progress_lines_and_the_summary_and_verbose_shows_everything(tiny_cli_run, tmp_path):
+    quiet = tiny_cli_run[1]
     for noise in ("{'loss'", "FutureWarning", "Loading weights", "Writing model shards", "Tokenizing", "LOAD REPORT"):
         assert noise not in quiet, quiet[-3000:]
     assert "✓ data" in quiet and "✓ eval" in quiet and "loss " in quiet and "proxy " in quiet
