@@ -117,7 +117,8 @@ class SFTConfig(_Section):
 
 class RewardConfig(_Section):
     learning_rate: float = Field(3e-3, gt=0, le=1)
-    num_train_epochs: float = Field(3, gt=0)
+    # Demo (2026-12): 2 epochs reach 0.916 held-out accuracy against a 0.939 label ceiling (3 epochs: 0.930), 20 s less.
+    num_train_epochs: float = Field(2, gt=0)
     max_steps: int = Field(-1, ge=-1, description="optimiser steps; -1: run num_train_epochs")
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(128, ge=8)
@@ -126,16 +127,18 @@ class RewardConfig(_Section):
     logging_steps: int = Field(10, ge=1)
     # Eisenstein et al. 2023 / TRL: keeps scores centred near zero, which PPO's value function likes.
     center_rewards_coefficient: float | None = Field(0.01, ge=0)
-    score_stats_max_pairs: int | None = Field(None, ge=2, description="training pairs scored for reward/score_mean, reward/score_std (None: all; a big reward model on CPU: a few hundred)")
+    score_stats_max_pairs: int | None = Field(500, ge=2, description="training pairs scored for reward/score_mean, reward/score_std (None: all; a big reward model on CPU: a few hundred)")
 
 
 class PPOConfig(_Section):
     """Our PPO (minirlhf/ppo). Names as in Ziegler et al. 2019 and Huang et al. 2024."""
 
-    steps: int = Field(60, ge=1, description="PPO iterations (rollout + update)")
+    # Demo (2026-12): gold reaches ~0.5 by step 10 of 60 and then hovers; 30 steps of 2 epochs each gave gold 0.668,
+    # win rate 0.76 over SFT (60 steps of 4 epochs: 0.614, 0.71) in 35 % of the time.
+    steps: int = Field(30, ge=1, description="PPO iterations (rollout + update)")
     batch_size: int = Field(64, ge=1, description="episodes per rollout")
     mini_batch_size: int = Field(16, ge=1)
-    num_ppo_epochs: int = Field(4, ge=1)
+    num_ppo_epochs: int = Field(2, ge=1, description="optimisation passes over each rollout")
     learning_rate: float = Field(3e-4, gt=0, le=1)
     max_new_tokens: int = Field(24, ge=1, description="max new tokens per response (the one generation-length name: ppo, rloo, eval)")
     temperature: float = Field(1.0, gt=0)
