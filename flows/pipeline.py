@@ -16,6 +16,8 @@ UI gets a markdown summary and a table comparing the policies.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import re
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
 from minirlhf.pipeline import enabled_stages, plan
-from minirlhf.report import ReportFigure, compose_report, write_report
+from minirlhf.report import ReportFigure, report_of_outputs
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from prefect import flow
@@ -95,10 +97,10 @@ def publish_summary(config: PipelineConfig, results: dict[str, StageResult], run
         # The full report (minirlhf report): report.md with its PNG figures in <output_dir>/report, and the same
         # text in the UI, where each figure is a link to the dashboard page that draws it (a browser on the UI
         # cannot load the PNGs, local files of this machine).
+        # A rerun that computed nothing republishes the report of the same outputs instead of rebuilding it.
         report_dir = Path(config.output_dir) / "report"
-        report = compose_report(db, report_dir, run_id=run_id)
-        write_report(report, report_dir)
-        create_markdown_artifact(report.markdown(figure=figure_link), key=f"{slug}-report",
+        outputs = hashlib.sha256(json.dumps(sorted((n, r.sha256) for n, r in results.items())).encode()).hexdigest()
+        create_markdown_artifact(report_of_outputs(db, report_dir, run_id, outputs, figure=figure_link), key=f"{slug}-report",
                                  description=f"RLHF report of run {run_id[:8]}; report.md with its figures in "
                                              f"{report_dir.resolve()}")
 

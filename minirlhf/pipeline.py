@@ -234,8 +234,8 @@ def record_reuse(spec: StageSpec, store: Store, run_id: str, task_run_id: str | 
     if result is None:
         raise FileNotFoundError(f"{spec.name}: no complete output at {spec.out_dir} for a cached result; "
                                 "rerun the stage (its files were removed or changed after it was planned)")
-    with store.stage_run(run_id, spec.name, config=spec.cfg.model_dump(mode="json"), cache_key=spec.key,
-                         cache_hit=True, task_run_id=task_run_id, output_dir=spec.out_dir) as logger:
+    with store.writing(), store.stage_run(run_id, spec.name, config=spec.cfg.model_dump(mode="json"), cache_key=spec.key,
+                                          cache_hit=True, task_run_id=task_run_id, output_dir=spec.out_dir) as logger:
         log_result(logger, spec, result)
     result.cache_hit, result.run_id = True, run_id
     print_stage_line(spec.name, result)  # `✓ sft     reused`, as run_stage prints a reused stage

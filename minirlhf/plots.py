@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from minirlhf.gao import gao_rl
 
@@ -30,7 +29,7 @@ POLICY_ORDER = ("sft", "ppo", "dpo", "rloo", "grpo")  # the baseline first; any 
 # ---- the reward model ------------------------------------------------------------------------------------
 def plot_accuracy_by_intent(by_intent: pd.DataFrame, values: dict, path: Path) -> Path:
     """Held-out accuracy per prompt intent, against the overall accuracy, the label ceiling and chance."""
-    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    fig = new_figure(figsize=(7, 3.8), layout="constrained")
     ax = fig.subplots()
     bars = ax.bar(by_intent["intent"], by_intent["accuracy"], color="tab:blue", alpha=0.8)
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
@@ -50,7 +49,7 @@ def plot_accuracy_by_intent(by_intent: pd.DataFrame, values: dict, path: Path) -
 
 def plot_reward_vs_length(samples: pd.DataFrame, path: Path) -> Path:
     """Proxy reward against response length per policy, with Pearson r in the legend: the length bias."""
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    fig = new_figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
     for policy, rows in _by_policy(samples):
         x, y = rows["response_words"].to_numpy(float), rows["proxy_reward"].to_numpy(float)
@@ -72,7 +71,7 @@ def plot_reward_vs_length(samples: pd.DataFrame, path: Path) -> Path:
 def plot_ppo_curves(curves: pd.DataFrame, path: Path) -> Path:
     """Proxy reward, gold reward and KL per step; a line per attempt, a dashed rule where a retry resumed."""
     panels = [("proxy_reward", "proxy reward (RM score)"), ("gold_reward", "gold reward"), ("kl", "KL(policy || SFT)")]
-    fig = Figure(figsize=(12, 3.8), layout="constrained")
+    fig = new_figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels), sharex=True)
     groups = list(curves.groupby(["attempt", "stage_run_id"], sort=False))
     for ax, (column, label) in zip(axes, panels):
@@ -97,7 +96,7 @@ def plot_stage_curves(stage: str, rows: pd.DataFrame, names: list[str], path: Pa
     """One panel per metric name (rows: attempt, stage_run_id, step, name, value), a line per attempt."""
     cols = min(3, len(names))
     n_rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(4 * cols, 3.2 * n_rows), layout="constrained")
+    fig = new_figure(figsize=(4 * cols, 3.2 * n_rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, names):
         for i, ((attempt, _), c) in enumerate(rows[rows["name"] == name].groupby(["attempt", "stage_run_id"], sort=False)):
@@ -115,7 +114,7 @@ def plot_stage_curves(stage: str, rows: pd.DataFrame, names: list[str], path: Pa
 # ---- policy comparison -----------------------------------------------------------------------------------
 def plot_policy_rewards(table: pd.DataFrame, path: Path) -> Path:
     """Gold and proxy reward side by side, one pair of bars per policy (rows in the table's order)."""
-    fig = Figure(figsize=(max(5, 1.4 * len(table) + 3), 3.8), layout="constrained")
+    fig = new_figure(figsize=(max(5, 1.4 * len(table) + 3), 3.8), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(table))
     width = 0.38
@@ -139,7 +138,7 @@ def plot_policy_rewards(table: pd.DataFrame, path: Path) -> Path:
 def plot_sweep(points: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
     """Gold and proxy gain over SFT against d, each point labelled with its kl_coef, with the fitted R(d) of
     Gao et al. (2022) (minirlhf/gao.py) and the gold peak d*."""
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    fig = new_figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     d_max = float(np.nanmax(points["d"].to_numpy(float))) if points["d"].notna().any() else 1.0
     grid = np.linspace(1e-4, max(d_max, 1e-3) * 1.15, 200)
@@ -191,6 +190,14 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def new_figure(**kwargs):
+    """A matplotlib Figure (object API, no pyplot). matplotlib is imported here, when a figure is drawn: a report
+    whose figures are all up to date (report.py redraws only changed data) never loads it."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)  # a Figure without pyplot renders PNG on the Agg canvas
     return path

@@ -49,6 +49,8 @@ from minirlhf.plots import (plot_accuracy_by_intent, plot_policy_rewards, plot_p
 from minirlhf.store import Store
 
 REPORT_FILE = "report.md"
+RENDERED_FILE = ".report-rendered.md"  # report_of_outputs: the report as the caller rendered it (dashboard links)
+OUTPUTS_MARKER = ".outputs.sha256"  # report_of_outputs: the digest of the stage outputs the report was built from
 FIGURES_DIR = "figures"
 SQL_DIR = Path(__file__).resolve().parent / "sql" / "report"
 SEVERITY_ORDER = ("critical", "error", "warning", "info")
@@ -129,6 +131,25 @@ def write_report(report: Report, out_dir: Path) -> Path:
     tmp.write_text(report.markdown(), encoding="utf-8")
     tmp.replace(path)  # atomic: a reader sees the old report or the new one, never half of one
     return path
+
+
+def report_of_outputs(db_path: Path, out_dir: Path, run_id: str, outputs_digest: str,
+                      figure: Callable[[ReportFigure], str]) -> str:
+    """Write `run_id`'s report to `<out_dir>/report.md` and return it rendered with `figure` (the Prefect artifact's
+    dashboard links) - unless the report there was built from the same stage outputs (`outputs_digest`, a digest
+    of their sha256s): then both are returned as they are, nothing is queried or drawn (a fully cached rerun).
+    The report then keeps showing the run that computed those outputs."""
+    out_dir = Path(out_dir)
+    marker, rendered = out_dir / OUTPUTS_MARKER, out_dir / RENDERED_FILE
+    if (marker.is_file() and marker.read_text() == outputs_digest and rendered.is_file()
+            and (out_dir / REPORT_FILE).is_file()):
+        return rendered.read_text(encoding="utf-8")
+    report = compose_report(db_path, out_dir, run_id=run_id)
+    write_report(report, out_dir)
+    text = report.markdown(figure)
+    rendered.write_text(text, encoding="utf-8")
+    marker.write_text(outputs_digest)  # last: an interrupted build is rebuilt next time
+    return text
 
 
 def report_markdown(db_path: Path, out_dir: Path, run_id: str | None = None, sweep_run_id: str | None = None,

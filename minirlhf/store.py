@@ -144,6 +144,7 @@ class Store:
         self.lock_timeout_s = lock_timeout_s
         self._schema_checked = False
         self._reader: duckdb.DuckDBPyConnection | None = None  # the shared connection inside `reading()`
+        self._writer: duckdb.DuckDBPyConnection | None = None  # the shared connection inside `writing()`
 
     @classmethod
     def for_output_dir(cls, output_dir: str | Path, lock_timeout_s: float = 60.0) -> "Store":
@@ -320,10 +321,24 @@ class Store:
 
     # ---- connections ---------------------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One short-lived connection, one transaction: committed on success, rolled back on any error."""
+    def writing(self) -> Iterator["Store"]:
+        """`with store.writing():` the writes inside share one connection (a reused stage's row, metrics and
+        artifact: one open instead of four), each write still its own transaction. Keep the block short: other
+        processes cannot open the file meanwhile."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = self._connect(read_only=False)
+        self._writer = self._connect(read_only=False)
+        try:
+            yield self
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    @contextmanager
+    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One short-lived connection (or the one of `writing()`), one transaction: committed on success, rolled back
+        on any error."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._writer or self._connect(read_only=False)
         try:
             if not self._schema_checked:
                 self._ensure_schema(con)
@@ -335,7 +350,8 @@ class Store:
                 con.rollback()
                 raise
         finally:
-            con.close()
+            if con is not self._writer:
+                con.close()
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """Open the file (read-only ones through open_read_only), retrying lock conflicts with exponential backoff

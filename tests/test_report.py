@@ -322,6 +322,21 @@ def test_the_prefect_artifact_links_each_figure_to_its_dashboard_page(filled, tm
     assert f"[📈 PPO curves: open the dashboard's curves page](http://localhost:8501/?page=curves&run={main})" in text
 
 
+def test_a_report_of_the_same_outputs_is_reused_not_rebuilt(filled, tmp_path):
+    """A fully cached rerun republishes the report of the same stage outputs: nothing queried, nothing drawn."""
+    from minirlhf.report import report_of_outputs
+
+    store, main, *_ = filled
+    out = tmp_path / "report"
+    first = report_of_outputs(store.path, out, main, "digest-a", figure=lambda f: f"[{f.alt}]")
+    built = (out / "report.md").stat().st_mtime_ns
+    store.path.rename(tmp_path / "moved.duckdb")  # no store to read: a rebuild would fail
+    assert report_of_outputs(store.path, out, main, "digest-a", figure=lambda f: "?") == first
+    assert (out / "report.md").stat().st_mtime_ns == built
+    with pytest.raises(ReportError, match="no results store"):  # other outputs: rebuilt, from the store
+        report_of_outputs(store.path, out, main, "digest-b", figure=lambda f: "?")
+
+
 def test_each_report_query_is_a_commented_file_with_named_parameters():
     files = sorted(SQL_DIR.glob("*.sql"))
     assert len(files) >= 15

@@ -220,7 +220,7 @@ class PPOTrainer:
 
     def guard_loss(self, loss: torch.Tensor, pg_stats: dict) -> None:
         if not torch.isfinite(loss):
-            raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={float(loss)}")
+            raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={float(loss.detach())}")
         # approxkl over the minibatch, not a ratio: one rare token's ratio can be huge in healthy runs (clipping handles it).
         approxkl = float(pg_stats["approxkl"])
         if not math.isfinite(approxkl) or approxkl > self.args.max_approxkl:
