@@ -61,7 +61,8 @@ def main() -> None:
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id, "need PAD != EOS"
     policy = AutoModelForCausalLM.from_pretrained(args.sft_dir, dtype=torch.float32)
     ref_policy = AutoModelForCausalLM.from_pretrained(args.sft_dir, dtype=torch.float32)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1, dtype=torch.float32)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1,
+                                                                      dtype=torch.float32)
     value_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1, dtype=torch.float32)
     train_dataset = read_prompts(args.data_dir / "rl_prompts.jsonl", tokenizer, args.max_prompt_length)
     eval_dataset = read_prompts(args.data_dir / "eval_prompts.jsonl", tokenizer, args.max_prompt_length)
@@ -84,12 +85,15 @@ def main() -> None:
         "episodes": trainer.state.episode,
         "updates": trainer.state.global_step,
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
-                     "accelerate": __import__("accelerate").__version__, "datasets": __import__("datasets").__version__},
+                     "accelerate": __import__("accelerate").__version__,
+                     "datasets": __import__("datasets").__version__},
         "threads": torch.get_num_threads(),
-        "config": {k: getattr(config, k) for k in ("total_episodes", "batch_size", "mini_batch_size", "num_mini_batches",
-                                                  "num_ppo_epochs", "learning_rate", "response_length", "temperature",
+        "config": {k: getattr(config, k) for k in ("total_episodes", "batch_size", "mini_batch_size",
+                                                  "num_mini_batches", "num_ppo_epochs", "learning_rate",
+                                                  "response_length", "temperature",
                                                   "kl_coef", "missing_eos_penalty", "num_total_batches", "bf16",
-                                                  "gradient_checkpointing", "adam_epsilon", "weight_decay", "max_grad_norm")},
+                                                  "gradient_checkpointing", "adam_epsilon", "weight_decay",
+                                                  "max_grad_norm")},
         "log_history": trainer.state.log_history,  # TRL's per-update metrics (objective/scores, objective/kl, eps, ...)
         "policy_dir": str(out_dir / "policy"),
     }

@@ -1,7 +1,7 @@
 """Where a fully cached `make demo` spends its time: the command's wall time, then a breakdown of the same run.
 
 Usage:
-    .venv/bin/python bench/cached_rerun.py                    # the demo config: run it once (if needed), then 3 cached reruns
+    .venv/bin/python bench/cached_rerun.py  # the demo config: run it once (if needed), then 3 cached reruns
     .venv/bin/python bench/cached_rerun.py --repeats 5 --output-dir /tmp/demo
 
 First `minirlhf flow` runs once to fill the cache (skipped when every stage is already complete there). Then
@@ -94,7 +94,8 @@ def main() -> None:
         subprocess.run(command, cwd=REPO, check=True, capture_output=True)
         walls.append(time.perf_counter() - t)
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--child", "--config", args.config, "--output-dir", args.output_dir],
+        done = subprocess.run([sys.executable, __file__, "--child", "--config", args.config,
+                               "--output-dir", args.output_dir],
                               cwd=REPO, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t
         timings = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("TIMINGS "))[8:])

@@ -60,19 +60,23 @@ def main() -> None:
         for i in range(args.repeats):
             for mode in ("flow", "run"):
                 out = Path(tmp) / f"{mode}-{i}"
-                wall = timed([str(BIN / "minirlhf"), mode, "--config", args.config, *sets, "--set", f"output_dir={out}"],
+                wall = timed([str(BIN / "minirlhf"), mode, "--config", args.config, *sets,
+                              "--set", f"output_dir={out}"],
                              RESULTS / f"flow_overhead-{mode}-{i}.log")
                 stages = stage_seconds(out)
                 rows.append({"mode": mode, "repeat": i, "wall_s": wall, "stages_s": stages, "outside_s": wall - stages})
-                print(f"{mode:>4} #{i}: {wall:7.1f} s wall, {stages:7.1f} s in stages, {wall - stages:5.1f} s outside", flush=True)
-        cached = timed([str(BIN / "minirlhf"), "flow", "--config", args.config, *sets, "--set", f"output_dir={Path(tmp) / 'flow-0'}"],
+                print(f"{mode:>4} #{i}: {wall:7.1f} s wall, {stages:7.1f} s in stages, {wall - stages:5.1f} s outside",
+                      flush=True)
+        cached = timed([str(BIN / "minirlhf"), "flow", "--config", args.config, *sets,
+                        "--set", f"output_dir={Path(tmp) / 'flow-0'}"],
                        RESULTS / "flow_overhead-cached.log")
     flow = [r["wall_s"] for r in rows if r["mode"] == "flow"]
     run = [r["wall_s"] for r in rows if r["mode"] == "run"]
     ratio = min(flow) / min(run)
     print(f"flow / direct = {ratio:.3f} (best of {args.repeats}); cached flow rerun {cached:.1f} s")
     (RESULTS / "flow_overhead.json").write_text(json.dumps({"rows": rows, "ratio": ratio, "cached_rerun_s": cached,
-                                                           "config": args.config, "overrides": args.overrides}, indent=1))
+                                                           "config": args.config, "overrides": args.overrides},
+                                                          indent=1))
 
 
 if __name__ == "__main__":

@@ -62,15 +62,20 @@ def main() -> None:
     q_mask = (batch.query_ids != trainer.tokenizer.pad_token_id).long()
     passes = {
         "generate": timed(lambda: trainer.generate(batch.prompts)),
-        "policy_fwd": timed(lambda: torch.no_grad()(trainer._forward)(trainer.policy, batch.query_ids, q_mask, batch.response_ids, batch.response_mask)),
-        "ref_fwd": timed(lambda: torch.no_grad()(trainer._forward)(trainer.ref_policy, batch.query_ids, q_mask, batch.response_ids, batch.response_mask)),
-        "value_fwd": timed(lambda: torch.no_grad()(trainer._values)(batch.query_ids, q_mask, batch.response_ids, batch.response_mask)),
-        "reward_score": timed(lambda: score_texts(trainer.reward_model, trainer.rm_tokenizer, batch.prompts, batch.responses)),
+        "policy_fwd": timed(lambda: torch.no_grad()(trainer._forward)(trainer.policy, batch.query_ids, q_mask,
+                                                                      batch.response_ids, batch.response_mask)),
+        "ref_fwd": timed(lambda: torch.no_grad()(trainer._forward)(trainer.ref_policy, batch.query_ids, q_mask,
+                                                                   batch.response_ids, batch.response_mask)),
+        "value_fwd": timed(lambda: torch.no_grad()(trainer._values)(batch.query_ids, q_mask, batch.response_ids,
+                                                                    batch.response_mask)),
+        "reward_score": timed(lambda: score_texts(trainer.reward_model, trainer.rm_tokenizer, batch.prompts,
+                                                  batch.responses)),
     }
     mb = torch.arange(cfg.ppo.mini_batch_size)
 
     def one_minibatch():
-        logits, _ = trainer._forward(trainer.policy, batch.query_ids[mb], q_mask[mb], batch.response_ids[mb], batch.response_mask[mb])
+        logits, _ = trainer._forward(trainer.policy, batch.query_ids[mb], q_mask[mb], batch.response_ids[mb],
+                                     batch.response_mask[mb])
         values = trainer._values(batch.query_ids[mb], q_mask[mb], batch.response_ids[mb], batch.response_mask[mb])
         loss = core.logprobs_from_logits(logits, batch.response_ids[mb]).mean() + values.mean()
         loss.backward()
@@ -81,7 +86,8 @@ def main() -> None:
     floor = sum(passes.values())
     step_s = rollout_s + update_s
     row = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": args.config, "overrides": args.set, "threads": torch.get_num_threads(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": args.config, "overrides": args.set,
+        "threads": torch.get_num_threads(),
         "batch_size": cfg.ppo.batch_size, "step_s": step_s, "rollout_s": rollout_s, "update_s": update_s,
         "rollout_episodes_per_s": cfg.ppo.batch_size / rollout_s, "rollout_tokens_per_s": resp_tokens / rollout_s,
         "update_episodes_per_s": cfg.ppo.batch_size * cfg.ppo.num_ppo_epochs / update_s,

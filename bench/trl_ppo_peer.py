@@ -95,19 +95,21 @@ def loadavg() -> float:
 def measure_ours(store: Store, ppo_dir: Path, eval_dir: Path, batch_size: int) -> dict:
     """Timings of the run that produced `ppo_dir` (its record and the store), its last steps, and the eval metrics."""
     produced = store.query(
-        "select started_at, finished_at from stage_runs where stage = 'ppo' and output_dir = ? and status = 'completed' "
-        "and not cache_hit order by finished_at desc limit 1", [str(ppo_dir)])
+        "select started_at, finished_at from stage_runs where stage = 'ppo' and output_dir = ? "
+        "and status = 'completed' and not cache_hit order by finished_at desc limit 1", [str(ppo_dir)])
     if produced.empty:
         raise RuntimeError(f"no completed, non-reused ppo stage run for {ppo_dir} in {store.path}")
     # Per-step metrics of the run(s) that trained this dir (a resumed run spreads them over several stage runs).
     steps = store.query(
-        "select m.step, m.name, arg_max(m.value, m.recorded_at) as value from metrics m join stage_runs s using (stage_run_id) "
+        "select m.step, m.name, arg_max(m.value, m.recorded_at) as value "
+        "from metrics m join stage_runs s using (stage_run_id) "
         "where s.stage = 'ppo' and s.output_dir = ? and not s.cache_hit and m.step > 0 "
         "and m.name in ('ppo/time/rollout_s', 'ppo/time/update_s', 'ppo/proxy_reward', 'ppo/kl', 'ppo/eos_rate') "
         "group by m.step, m.name", [str(ppo_dir)]).pivot(index="step", columns="name", values="value").sort_index()
     evals = store.query(
         "select m.name, arg_max(m.value, m.recorded_at) as value from metrics m join stage_runs s using (stage_run_id) "
-        "where s.stage = 'eval' and s.output_dir = ? and s.status = 'completed' and m.name like 'eval/%' group by m.name",
+        "where s.stage = 'eval' and s.output_dir = ? and s.status = 'completed' and m.name like 'eval/%' "
+        "group by m.name",
         [str(eval_dir)])
     started, finished = produced.iloc[0]["started_at"], produced.iloc[0]["finished_at"]
     last5 = steps.tail(5)
@@ -132,14 +134,16 @@ def trl_venv_python() -> Path:
     """bench/.venv-trl112's python with TRL 1.12.0's PPO importable; the venv is made on first use."""
     python = TRL_VENV / "bin" / "python"
     probe = [python, "-c", "import os; os.environ['TRL_EXPERIMENTAL_SILENCE'] = '1'; import trl, transformers; "
-                           "from trl.experimental.ppo import PPOTrainer; print(trl.__version__, transformers.__version__)"]
+                           "from trl.experimental.ppo import PPOTrainer; "
+                           "print(trl.__version__, transformers.__version__)"]
     pins = dict(pin.split("==") for pin in TRL_PINS)
     wanted = [pins["trl"], pins["transformers"]]
     if python.exists():
         found = subprocess.run([str(c) for c in probe], capture_output=True, text=True)
         if found.returncode == 0 and found.stdout.split() == wanted:
             return python
-        console.print(f"[yellow]{TRL_VENV} has no working trl {wanted[0]} + transformers {wanted[1]}; installing[/yellow]")
+        console.print(f"[yellow]{TRL_VENV} has no working trl {wanted[0]} + transformers {wanted[1]}; "
+                      "installing[/yellow]")
     else:
         run([shutil.which("python3") or sys.executable, "-m", "venv", TRL_VENV])
     run([python, "-m", "pip", "install", "-q", TORCH_PIN])
@@ -217,23 +221,27 @@ def print_table(ours: dict, trl: dict, ev: dict, episodes: int) -> None:
     row("wall s (load, train, save)", ours["wall_s"], trl["wall_s"], fmt="{:.1f}")
     row("train loop s", ours["train_s"], trl["train_s"], fmt="{:.1f}")
     row("ms per episode (train loop)", 1e3 * ours["train_s"] / episodes, 1e3 * trl["train_s"] / episodes, fmt="{:.1f}")
-    for metric, label in (("gold_reward", "gold reward (eval)"), ("proxy_reward", "proxy reward (eval, RM on text+EOS)"),
+    for metric, label in (("gold_reward", "gold reward (eval)"),
+                          ("proxy_reward", "proxy reward (eval, RM on text+EOS)"),
                           ("kl", "KL to SFT (eval, nats/seq)"), ("win_rate_gold", "gold win rate vs SFT (eval)"),
                           ("eos_rate", "EOS rate (eval)"), ("response_length", "response words (eval)")):
-        row(label, ours["eval"].get(f"eval/ppo/{metric}"), ev.get(f"eval/trl_ppo/{metric}"), ev.get(f"eval/sft/{metric}"))
+        row(label, ours["eval"].get(f"eval/ppo/{metric}"), ev.get(f"eval/trl_ppo/{metric}"),
+            ev.get(f"eval/sft/{metric}"))
     row("train proxy, last 5 updates", ours["train_proxy_last5"], trl["train_proxy_last5"])
     row("train KL, last 5 updates", ours["train_kl_last5"], trl["train_kl_last5"])
     row("train EOS rate, last 5 updates", ours["train_eos_rate_last5"], trl["train_eos_rate_last5"])
     console.print(table)
-    console.print("[dim]train proxy as each trainer logs it: ours = RM(prompt+response+EOS); TRL = objective/scores, the RM "
-                  "read on the sampled ids at their last token, minus missing_eos_penalty when no EOS was sampled.[/dim]")
+    console.print("[dim]train proxy as each trainer logs it: ours = RM(prompt+response+EOS); "
+                  "TRL = objective/scores, the RM read on the sampled ids at their last token, "
+                  "minus missing_eos_penalty when no EOS was sampled.[/dim]")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--episodes", type=int, default=None, help="budget (default: ppo.steps x ppo.batch_size)")
-    parser.add_argument("--fresh", action="store_true", help="train ours again in a temp output_dir even if artifacts/ has it")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train ours again in a temp output_dir even if artifacts/ has it")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (TRL policy, eval samples)")
     args = parser.parse_args()
     args.config = os.path.relpath(Path(args.config).resolve(), ROOT)  # paths below are relative to the repo root
@@ -262,14 +270,16 @@ def main() -> None:
     load_ours = loadavg()
     minirlhf_run(args.config, overrides)
     ours_dirs = stage_dirs(ours_cfg, STAGES)
-    ours = measure_ours(Store.for_output_dir(ours_cfg.output_dir), ours_dirs["ppo"], ours_dirs["eval"], cfg.ppo.batch_size)
+    ours = measure_ours(Store.for_output_dir(ours_cfg.output_dir), ours_dirs["ppo"], ours_dirs["eval"],
+                        cfg.ppo.batch_size)
 
     # 3. TRL 1.12 in its own venv.
     load_trl = loadavg()
     trl = run_trl(cfg, dirs, episodes, work)
 
     # 4. The TRL policy through our evaluation (same prompts, sampling seed, reward model and gold annotator).
-    ev = run_eval(cfg, dirs["data"], dirs["reward"], {"sft": dirs["sft"], "trl_ppo": Path(trl["policy_dir"])}, work / "eval").metrics
+    ev = run_eval(cfg, dirs["data"], dirs["reward"], {"sft": dirs["sft"], "trl_ppo": Path(trl["policy_dir"])},
+                  work / "eval").metrics
     drift = abs(ev["eval/sft/gold_reward"] - ours["eval"]["eval/sft/gold_reward"])
     if drift > 1e-6:  # the same seed must give the same SFT samples in both evaluations
         console.print(f"[red]warning: SFT gold reward differs between the two evaluations by {drift:.3g}[/red]")

@@ -240,12 +240,15 @@ def page_sweep() -> None:
     fits = load("sweep_fits")
     fits = fits[fits["run_id"] == run_id]
     st.caption("Each point is one PPO run (its kl_coef), evaluated against SFT on the same prompts. Lines: the fit "
-               "R(d) = d (alpha - beta log d) of Gao et al. (2022). Gold falling while proxy rises is over-optimisation.")
-    gains = points.melt(id_vars=["kl_coef", "d"], value_vars=[c for c in ("gold_gain", "proxy_gain") if points[c].notna().any()],
+               "R(d) = d (alpha - beta log d) of Gao et al. (2022). "
+               "Gold falling while proxy rises is over-optimisation.")
+    gains = points.melt(id_vars=["kl_coef", "d"],
+                        value_vars=[c for c in ("gold_gain", "proxy_gain") if points[c].notna().any()],
                         var_name="reward", value_name="gain").dropna()
     gains["reward"] = gains["reward"].str.replace("_gain", "")
     grid = [points["d"].max() * 1.15 * (i + 1) / 100 for i in range(100)]
-    curves = pd.DataFrame([{"reward": f["reward"], "d": d, "gain": gain}  # R(d): minirlhf/gao.py, as the sweep fitted it
+    # R(d): minirlhf/gao.py, as the sweep fitted it
+    curves = pd.DataFrame([{"reward": f["reward"], "d": d, "gain": gain}
                            for _, f in fits.iterrows() for d, gain in zip(grid, gao_rl(grid, f["alpha"], f["beta"]))])
     dots = alt.Chart(gains).mark_point(filled=True, size=80).encode(
         x=alt.X("d:Q", title="d = sqrt(KL to SFT)"), y=alt.Y("gain:Q", title="reward gained over SFT"),

@@ -30,13 +30,15 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import typer  # noqa: E402
 
-from minirlhf.cli import ConfigOpt, SetOpt, VerboseOpt, _load, app, check_before_run, console, err_console, print_results  # noqa: E402
+from minirlhf.cli import (  # noqa: E402
+    ConfigOpt, SetOpt, VerboseOpt, _load, app, check_before_run, console, err_console, print_results)
 from minirlhf.console import SummarisedFilter, is_verbose, next_commands, set_verbose  # noqa: E402
 from minirlhf.errors import UserError  # noqa: E402
 
 SERVE_NAME = "rlhf-serve"
-EphemeralOpt = Annotated[bool, typer.Option("--ephemeral", help="run against Prefect's temporary per-run server instead "
-                                             "of the local one on 127.0.0.1:4200 (slower: it starts at every run)")]
+EphemeralOpt = Annotated[bool, typer.Option(
+    "--ephemeral", help="run against Prefect's temporary per-run server instead of the local one on 127.0.0.1:4200 "
+                        "(slower: it starts at every run)")]
 
 
 def choose_server(ephemeral: bool) -> str | None:
@@ -60,7 +62,8 @@ def quiet_prefect_console(verbose: bool) -> None:
     set_verbose(verbose)
     if not is_verbose():
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline, its telemetry fails in ERROR lines
+        # offline, its telemetry fails in ERROR lines
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def route_library_logs() -> None:
@@ -76,7 +79,8 @@ def route_library_logs() -> None:
 
 
 @app.command()
-def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False, ephemeral: EphemeralOpt = False) -> None:
+def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False,
+         ephemeral: EphemeralOpt = False) -> None:
     """Run the whole pipeline as the Prefect flow `rlhf-pipeline` (cached stage tasks, PPO retries)."""
     cfg = _load(config, set_)
     check_before_run(cfg)  # a bad input fails here, in one line, before Prefect starts and the store records a run
@@ -100,7 +104,8 @@ def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = Fa
 def sweep(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    kl_coefs: Annotated[str, typer.Option(help="comma-separated ppo.kl_coef values, one PPO run each")] = "0.5,0.2,0.1,0.05,0.02,0.01",
+    kl_coefs: Annotated[str, typer.Option(
+        help="comma-separated ppo.kl_coef values, one PPO run each")] = "0.5,0.2,0.1,0.05,0.02,0.01",
     verbose: VerboseOpt = False,
     ephemeral: EphemeralOpt = False,
 ) -> None:
@@ -122,10 +127,12 @@ def sweep(
     started = time.perf_counter()
     state = overoptimization_sweep(cfg, kl_coefs=coefs, return_state=True)
     if not state.is_completed():
-        err_console.print(f"[red]sweep flow run {state.state_details.flow_run_id} ended {state.name}:[/red] {state.message}")
+        err_console.print(f"[red]sweep flow run {state.state_details.flow_run_id} ended {state.name}:[/red] "
+                          f"{state.message}")
         raise typer.Exit(1)
     result = state.result()
-    console.print(f"\n[bold]{cfg.name}[/bold]: sweep over {len(set(coefs))} KL coefficients in {time.perf_counter() - started:.1f} s")
+    console.print(f"\n[bold]{cfg.name}[/bold]: sweep over {len(set(coefs))} KL coefficients "
+                  f"in {time.perf_counter() - started:.1f} s")
     console.print("fit of the reward gain over SFT, R(d) = d(α - β log d), d = sqrt(KL):")
     for reward in ("gold", "proxy"):
         fit = {k.rsplit("/", 1)[1]: v for k, v in result.metrics.items() if k.startswith(f"sweep/fit/{reward}/")}

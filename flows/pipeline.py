@@ -37,7 +37,8 @@ from tasks import run_stage_task
 # Where `minirlhf dashboard` serves (its default port); set MINIRLHF_DASHBOARD_URL when it runs elsewhere.
 DASHBOARD_URL_ENV = "MINIRLHF_DASHBOARD_URL"
 DEFAULT_DASHBOARD_URL = "http://localhost:8501"
-HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_proxy", "response_length", "eos_rate", "distinct_2")
+HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_proxy", "response_length", "eos_rate",
+            "distinct_2")
 
 
 @flow(name="rlhf-pipeline", flow_run_name="{config.name}-seed{config.seed}")
@@ -69,14 +70,16 @@ def summary_markdown(config: PipelineConfig, results: dict[str, StageResult]) ->
     lines = [f"# RLHF pipeline `{config.name}` (seed {config.seed})", "",
              "| stage | reused | seconds | sha256 | output |", "|---|---|---:|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {'yes' if r.cache_hit else 'no'} | {r.seconds:.1f} | `{r.sha256[:12]}` | `{r.path(config.output_dir)}` |")
+        lines.append(f"| {name} | {'yes' if r.cache_hit else 'no'} | {r.seconds:.1f} | `{r.sha256[:12]}` "
+                     f"| `{r.path(config.output_dir)}` |")
     rows = policy_comparison(results["eval"].metrics) if "eval" in results else []
     if rows:
         policies = [row["policy"] for row in rows]
         lines += ["", f"## Evaluation on {config.eval.n_prompts} held-out prompts (at most)", "",
                   "| metric | " + " | ".join(policies) + " |", "|---|" + "---:|" * len(policies)]
         for metric in [k for k in rows[0] if k != "policy"]:
-            lines.append(f"| {metric} | " + " | ".join("" if row[metric] is None else f"{row[metric]:.4g}" for row in rows) + " |")
+            lines.append(f"| {metric} | "
+                         + " | ".join("" if row[metric] is None else f"{row[metric]:.4g}" for row in rows) + " |")
     if "ppo" in results:
         m = results["ppo"].metrics
         lines += ["", f"PPO: {results['ppo'].step} steps, resumed from step {int(m.get('ppo/resumed_from_step', 0))}."]
@@ -89,7 +92,8 @@ def publish_summary(config: PipelineConfig, results: dict[str, StageResult], run
     create_markdown_artifact(summary_markdown(config, results), key=f"{slug}-summary",
                              description=f"RLHF pipeline {config.name}: stages and evaluation")
     db = (Path(config.output_dir) / "rlhf.duckdb").resolve()
-    create_link_artifact(dashboard_link(run_id), link_text=f"dashboard: run {run_id[:8]}, policy comparison", key=f"{slug}-dashboard",
+    create_link_artifact(dashboard_link(run_id), link_text=f"dashboard: run {run_id[:8]}, policy comparison",
+                         key=f"{slug}-dashboard",
                          description=f"Start the dashboard first: `minirlhf dashboard --db {db}`")
     if "eval" in results:
         create_table_artifact(policy_comparison(results["eval"].metrics), key=f"{slug}-policies",
@@ -100,7 +104,8 @@ def publish_summary(config: PipelineConfig, results: dict[str, StageResult], run
         # A rerun that computed nothing republishes the report of the same outputs instead of rebuilding it.
         report_dir = Path(config.output_dir) / "report"
         outputs = hashlib.sha256(json.dumps(sorted((n, r.sha256) for n, r in results.items())).encode()).hexdigest()
-        create_markdown_artifact(report_of_outputs(db, report_dir, run_id, outputs, figure=figure_link), key=f"{slug}-report",
+        create_markdown_artifact(report_of_outputs(db, report_dir, run_id, outputs, figure=figure_link),
+                                 key=f"{slug}-report",
                                  description=f"RLHF report of run {run_id[:8]}; report.md with its figures in "
                                              f"{report_dir.resolve()}")
 
@@ -111,7 +116,8 @@ def figure_link(figure: ReportFigure) -> str:
 
 
 def dashboard_link(run_id: str, page: str = "comparison") -> str:
-    """The dashboard's URL scheme (dashboards/app.py): ?page=<runs|curves|reward|comparison|samples|failures>&run=<run_id>."""
+    """The dashboard's URL scheme (dashboards/app.py):
+    ?page=<runs|curves|reward|comparison|samples|failures>&run=<run_id>."""
     base = os.environ.get(DASHBOARD_URL_ENV, DEFAULT_DASHBOARD_URL).rstrip("/")
     return f"{base}/?page={page}&run={run_id}"
 
@@ -121,14 +127,16 @@ def _round(value: float | None) -> float | None:
 
 
 # ---- command line -------------------------------------------------------------------------------------
-def run_from_yaml(path: str | Path | None = "configs/demo.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, StageResult]:
+def run_from_yaml(path: str | Path | None = "configs/demo.yaml",
+                  overrides: list[str] | tuple[str, ...] = ()) -> dict[str, StageResult]:
     """Load a YAML config (plus `section.field=value` overrides) and run the flow on it."""
     return rlhf_pipeline(load_config(path, overrides))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the RLHF pipeline as a Prefect flow.")
-    parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument("config", nargs="?", default="configs/demo.yaml",
+                        help="YAML config (default: configs/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config value, e.g. --set ppo.kl_coef=0.1 (repeatable)")
     args = parser.parse_args(argv)

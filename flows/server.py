@@ -52,7 +52,8 @@ def use_local_server() -> str:
         while not is_healthy(api_url):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the local Prefect server did not answer at {api_url} within {START_TIMEOUT_S} s "
-                                   f"(`prefect server start --background` said: {(started.stdout + started.stderr).strip()[-500:]}); "
+                                   f"(`prefect server start --background` said: "
+                                   f"{(started.stdout + started.stderr).strip()[-500:]}); "
                                    f"free port {port} or set {PORT_ENV}, or set PREFECT_API_URL to a running server")
             time.sleep(0.5)
     os.environ["PREFECT_API_URL"] = api_url

@@ -31,7 +31,8 @@ SHARED_STAGES = ("data", "sft", "reward")  # do not depend on ppo.kl_coef
 
 
 @flow(name="overoptimization-sweep", flow_run_name="{config.name}-sweep-seed{config.seed}")
-def overoptimization_sweep(config: PipelineConfig = PipelineConfig(), kl_coefs: list[float] = DEFAULT_KL_COEFS) -> StageResult:
+def overoptimization_sweep(config: PipelineConfig = PipelineConfig(),
+                           kl_coefs: list[float] = DEFAULT_KL_COEFS) -> StageResult:
     """PPO at each of `kl_coefs` from the same SFT and reward model; gold and proxy reward against d = sqrt(KL)."""
     if len(set(kl_coefs)) < 2:
         raise ValueError(f"kl_coefs: the fit needs at least two different coefficients, got {kl_coefs}")
@@ -48,7 +49,8 @@ def overoptimization_sweep(config: PipelineConfig = PipelineConfig(), kl_coefs: 
             evals[kl_coef] = run_stage_task(plan(cfg, "eval", point), run_id)
         result = run_stage_task(plan_sweep(config, evals), run_id)
     create_markdown_artifact(sweep_markdown(config, evals, result), key="overoptimization-sweep",
-                             description="gold and proxy reward against d = sqrt(KL), fitted R(d) = d(alpha - beta log d)")
+                             description="gold and proxy reward against d = sqrt(KL), "
+                                         "fitted R(d) = d(alpha - beta log d)")
     return result
 
 
@@ -58,12 +60,14 @@ def sweep_markdown(config: PipelineConfig, evals: dict[float, StageResult], resu
     for kl_coef, ev in evals.items():
         m = ev.metrics
         gold = m.get("eval/ppo/gold_reward")
-        lines.append(f"| {kl_coef:g} | {m['eval/ppo/kl']:.2f} | {'' if gold is None else f'{gold:.3f}'} | {m['eval/ppo/proxy_reward']:.3f} |")
+        lines.append(f"| {kl_coef:g} | {m['eval/ppo/kl']:.2f} | {'' if gold is None else f'{gold:.3f}'} "
+                     f"| {m['eval/ppo/proxy_reward']:.3f} |")
     lines += ["", "| reward | alpha | beta | R² | d* (peak) |", "|---|---:|---:|---:|---:|"]
     for reward in ("gold", "proxy"):
         f = {k.rsplit("/", 1)[1]: v for k, v in result.metrics.items() if k.startswith(f"sweep/fit/{reward}/")}
         if f:
             peak = f"{f['d_star']:.2f}" if "d_star" in f else "none (no peak)"
             lines.append(f"| {reward} | {f['alpha']:.3f} | {f['beta']:.3f} | {f['r2']:.2f} | {peak} |")
-    lines += ["", f"Figure: `{result.path(config.output_dir)}/overoptimization.png`; `minirlhf report` puts it in the report."]
+    lines += ["", f"Figure: `{result.path(config.output_dir)}/overoptimization.png`; "
+                  "`minirlhf report` puts it in the report."]
     return "\n".join(lines)

@@ -56,7 +56,8 @@ app.add_typer(config_app, name="config")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # soft_wrap: a message stays one line, as scripts grep it
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the built-in defaults, the same as configs/demo.yaml)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="YAML config (default: the built-in defaults, the same as configs/demo.yaml)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override: section.field=value (repeatable)")]
 
 
@@ -104,8 +105,8 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show every li
 def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    stages: Annotated[Optional[str], typer.Option(help="comma-separated stages, upstream ones run or reused (default: every "
-                                                  "enabled stage: data,sft,reward,ppo,dpo,rloo,eval)")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="comma-separated stages, upstream ones run or reused (default: "
+                                                  "every enabled stage: data,sft,reward,ppo,dpo,rloo,eval)")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline stages on a config, skipping stages whose output is already complete."""
@@ -162,7 +163,8 @@ def data_preview(config: ConfigOpt = None, set_: SetOpt = None, n: Annotated[int
     for _ in range(max(1, n // 2)):
         p = _pair(rng, cfg.data)
         assert abs(gold_score(p["prompt"], p["chosen"]).total - p["gold_chosen"]) < 1e-9
-        pairs.add_row(p["prompt"].strip(), p["chosen"].strip(), f"{p['gold_chosen']:+.2f}", p["rejected"].strip(), f"{p['gold_rejected']:+.2f}")
+        pairs.add_row(p["prompt"].strip(), p["chosen"].strip(), f"{p['gold_chosen']:+.2f}", p["rejected"].strip(),
+                      f"{p['gold_rejected']:+.2f}")
     console.print(pairs)
 
 
@@ -257,7 +259,8 @@ def report(
     output_dir: Annotated[Path, typer.Option(help="output root holding rlhf.duckdb")] = Path("artifacts"),
     db: Annotated[Optional[Path], typer.Option(help="DuckDB file (default: <output_dir>/rlhf.duckdb)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="report folder (default: <output_dir>/report)")] = None,
-    run_id: Annotated[Optional[str], typer.Option("--run", help="run to report (default: the newest evaluated run)")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run",
+                                                  help="run to report (default: the newest evaluated run)")] = None,
     sweep_run: Annotated[Optional[str], typer.Option(help="sweep run to show (default: the newest sweep)")] = None,
     samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="prompts shown side by side")] = 6,
 ) -> None:

@@ -8,8 +8,8 @@ Usage:
 Config is data: every field has a default, a type and limits. An unknown key or a bad value fails at
 load with `ConfigError`, which names the field path (`sft.learning_rate`) and, where the field is a
 choice, the allowed values. A file that is no YAML mapping (binary, malformed, empty, a list) fails the same
-way, naming the file. ConfigError is a `minirlhf.errors.UserError`: its message is one line. Field names follow the papers (`kl_coef`, `cliprange`, `gamma`, `lam`) and
-carry through to variables, metric names and SQL columns.
+way, naming the file. ConfigError is a `minirlhf.errors.UserError`: its message is one line. Field names follow
+the papers (`kl_coef`, `cliprange`, `gamma`, `lam`) and carry through to variables, metric names and SQL columns.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class LoRAConfig(_Section):
     r: int = Field(16, ge=1, description="rank of the update W + B A")
     alpha: int = Field(32, ge=1, description="the update is scaled by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = Field("all-linear", description="peft's target_modules: 'all-linear' or module names")
+    target_modules: str | list[str] = Field("all-linear",
+                                            description="peft's target_modules: 'all-linear' or module names")
 
 
 class ModelConfig(_Section):
@@ -127,7 +128,8 @@ class RewardConfig(_Section):
     logging_steps: int = Field(10, ge=1)
     # Eisenstein et al. 2023 / TRL: keeps scores centred near zero, which PPO's value function likes.
     center_rewards_coefficient: float | None = Field(0.01, ge=0)
-    score_stats_max_pairs: int | None = Field(500, ge=2, description="training pairs scored for reward/score_mean, reward/score_std (None: all; a big reward model on CPU: a few hundred)")
+    score_stats_max_pairs: int | None = Field(500, ge=2, description="training pairs scored for reward/score_mean, "
+                                              "reward/score_std (None: all; a big reward model on CPU: a few hundred)")
 
 
 class PPOConfig(_Section):
@@ -140,9 +142,11 @@ class PPOConfig(_Section):
     mini_batch_size: int = Field(16, ge=1)
     num_ppo_epochs: int = Field(2, ge=1, description="optimisation passes over each rollout")
     learning_rate: float = Field(3e-4, gt=0, le=1)
-    max_new_tokens: int = Field(24, ge=1, description="max new tokens per response (the one generation-length name: ppo, rloo, eval)")
+    max_new_tokens: int = Field(24, ge=1, description="max new tokens per response "
+                                "(the one generation-length name: ppo, rloo, eval)")
     temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.2, ge=0, description="beta of the per-token KL penalty (0.2 beats SFT on gold in the demo; 0.05 starts to over-optimise)")
+    kl_coef: float = Field(0.2, ge=0, description="beta of the per-token KL penalty "
+                           "(0.2 beats SFT on gold in the demo; 0.05 starts to over-optimise)")
     kl_estimator: Literal["k1", "k3"] = "k1"
     adaptive_kl: bool = False
     kl_target: float = Field(6.0, gt=0)
@@ -160,7 +164,8 @@ class PPOConfig(_Section):
     max_kl: float = Field(50.0, gt=0, description="mean sequence KL above which the run is unstable")
     # approxkl, not the mean ratio: one rare sampled token can reach a ratio in the thousands in a healthy first
     # update (seen on the demo, 2026-12) and drag a minibatch's mean ratio over 10; approxkl stays near 0.2 there.
-    max_approxkl: float = Field(1.0, gt=0, description="approxkl (0.5 * mean (log ratio)^2) of a minibatch above which the update diverged")
+    max_approxkl: float = Field(1.0, gt=0, description="approxkl (0.5 * mean (log ratio)^2) of a minibatch "
+                                "above which the update diverged")
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     sample_every: int = Field(10, ge=1, description="steps between sampled responses written to the store")
@@ -207,7 +212,8 @@ class RLOOConfig(_Section):
     num_iterations: int = Field(1, ge=1, description="mu: optimiser passes over each batch of samples")
     max_new_tokens: int = Field(24, ge=1, description="max new tokens per response (TRL: max_completion_length)")
     temperature: float = Field(1.0, gt=0)
-    missing_eos_penalty: float | None = Field(-1.0, le=0, description="added to the score of responses without EOS (as ppo.missing_eos_penalty)")
+    missing_eos_penalty: float | None = Field(-1.0, le=0, description="added to the score of responses without EOS "
+                                              "(as ppo.missing_eos_penalty)")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -233,24 +239,29 @@ class EvalConfig(_Section):
 class DetectConfig(_Section):
     """Thresholds of the reward-hacking detectors (minirlhf/detect.py), each policy against SFT."""
 
-    gold_drop: float = Field(0.1, ge=0, description="eval: gold reward below SFT's by more than this, with proxy above it")
+    gold_drop: float = Field(0.1, ge=0, description="eval: gold reward below SFT's by more than this, "
+                             "with proxy above it")
     proxy_gain: float = Field(0.1, ge=0, description="eval: proxy reward above SFT's by more than this")
-    curve_gold_drop: float = Field(0.25, ge=0, description="PPO curve: smoothed gold fall from its peak, while proxy still rises")
+    curve_gold_drop: float = Field(0.25, ge=0, description="PPO curve: smoothed gold fall from its peak, "
+                                   "while proxy still rises")
     smooth_window: int = Field(10, ge=1, description="PPO curve: steps in the moving average")
-    kl_spike_factor: float = Field(5.0, gt=1, description="PPO curve: a step's KL over this many times the median before it")
+    kl_spike_factor: float = Field(5.0, gt=1, description="PPO curve: a step's KL over this many times "
+                                   "the median before it")
     kl_spike_min: float = Field(2.0, ge=0, description="PPO curve: ... and above this many nats")
     length_ratio: float = Field(2.0, gt=1, description="eval: mean response length over this many times SFT's")
     distinct_ratio: float = Field(0.5, gt=0, lt=1, description="eval: distinct-2 under this fraction of SFT's")
     refusal_increase: float = Field(0.2, ge=0, description="eval: benign refusal rate above SFT's by more than this")
-    degenerate_increase: float = Field(0.15, ge=0, description="eval: share of empty/looping responses above SFT's by more than this")
+    degenerate_increase: float = Field(0.15, ge=0, description="eval: share of empty/looping responses "
+                                       "above SFT's by more than this")
     n_examples: int = Field(3, ge=1, description="example responses stored with each event")
 
 
 class StoreConfig(_Section):
     """The results store (minirlhf/store.py). Not in any stage key: it changes where results are recorded, not them."""
 
-    lock_timeout_s: float = Field(600.0, ge=0, description="how long a write waits, with backoff, while another process "
-                                  "(a dashboard, a long query, another run) holds rlhf.duckdb, before it gives up")
+    lock_timeout_s: float = Field(600.0, ge=0, description="how long a write waits, with backoff, while another "
+                                  "process (a dashboard, a long query, another run) holds rlhf.duckdb, "
+                                  "before it gives up")
 
 
 class PipelineConfig(_Section):
@@ -339,7 +350,8 @@ def parse_override(text: str) -> tuple[str, Any]:
                           "true/false, null, a list like [1, 2], or quote a string") from None
 
 
-def build_config(tree: dict | None = None, overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> PipelineConfig:
+def build_config(tree: dict | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 source: str = "<dict>") -> PipelineConfig:
     tree = json.loads(json.dumps(tree or {}, default=str))  # deep copy; YAML dates etc. become strings
     for text in overrides:
         key, value = parse_override(text)
@@ -370,7 +382,8 @@ def read_config_file(path: Path) -> dict:
                           "(configs/demo.yaml shows the layout)") from None
     if loaded is None:
         # An empty file must not quietly mean "run the defaults": the user meant to set something.
-        what = "the config file is empty" if not text.strip() else "the config holds no settings (only comments or null)"
+        what = ("the config file is empty" if not text.strip()
+                else "the config holds no settings (only comments or null)")
         raise ConfigError(f"{path}: {what}; put the sections to change in it (as in configs/demo.yaml), "
                           "or leave out --config to run the defaults")
     if not isinstance(loaded, dict):

@@ -106,8 +106,8 @@ def stage_line(name: str, result) -> str | None:
         return f"✓ {name:<{NAME_WIDTH}} reused"
     m = result.metrics
     if name == "data":
-        what = {"sft": "demonstrations", "pairs_train": "pairs", "pairs_test": "held-out pairs", "rl_prompts": "RL prompts",
-                "eval_prompts": "eval prompts"}
+        what = {"sft": "demonstrations", "pairs_train": "pairs", "pairs_test": "held-out pairs",
+                "rl_prompts": "RL prompts", "eval_prompts": "eval prompts"}
         counts = [f"{int(m[f'data/n_{k}'])} {label}" for k, label in what.items() if f"data/n_{k}" in m]
         return f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s  {', '.join(counts)}".rstrip()
     if name == "eval":
@@ -137,7 +137,8 @@ def stage_failure_line(name: str, attempt: int) -> Iterator[None]:
     except UserError:
         raise
     except Exception as err:
-        _err_console().print(f"✗ {name:<{NAME_WIDTH}} attempt {attempt} failed: {type(err).__name__}: {one_line(str(err))}",
+        _err_console().print(f"✗ {name:<{NAME_WIDTH}} attempt {attempt} failed: {type(err).__name__}: "
+                             f"{one_line(str(err))}",
                              markup=False)
         raise
 
@@ -151,7 +152,8 @@ def policy_rows(eval_metrics: dict[str, float]) -> tuple[list[str], list[list[st
     gold = any(f"eval/{p}/gold_reward" in eval_metrics for p in policies)
     columns = [("gold_reward", "gold reward", "{:+.3f}")] if gold else []
     columns += [("proxy_reward", "proxy reward", "{:+.3f}"), ("kl", "KL to SFT", "{:.3f}")]
-    columns += [("win_rate_gold", "gold win rate", "{:.0%}")] if gold else [("win_rate_proxy", "proxy win rate", "{:.0%}")]
+    columns += ([("win_rate_gold", "gold win rate", "{:.0%}")] if gold
+                else [("win_rate_proxy", "proxy win rate", "{:.0%}")])
     rows = []
     for p in policies:
         values = [eval_metrics.get(f"eval/{p}/{key}") for key, _, _ in columns]
@@ -194,7 +196,8 @@ def print_summary(cfg, results: dict, seconds: float, console=None) -> None:
 
     console = console or Console()
     reused = sum(r.cache_hit for r in results.values())
-    head = Text(cfg.name, style="bold").append(f": {len(results)} stage{'s' if len(results) != 1 else ''} in {seconds:.1f} s")
+    head = Text(cfg.name, style="bold").append(f": {len(results)} stage{'s' if len(results) != 1 else ''} "
+                                               f"in {seconds:.1f} s")
     console.print(head.append(f" ({reused} reused)" if reused else ""))
     if "eval" in results:
         header, rows = policy_rows(results["eval"].metrics)
@@ -214,7 +217,8 @@ def print_summary(cfg, results: dict, seconds: float, console=None) -> None:
         if not events:
             console.print("failure events: none")
         for e in events:
-            line = Text("⚠ ", style="yellow").append(f"{e.get('policy', '?')} {e.get('kind', '?')}: {one_line(e.get('message', ''))}")
+            line = Text("⚠ ", style="yellow").append(f"{e.get('policy', '?')} {e.get('kind', '?')}: "
+                                                     f"{one_line(e.get('message', ''))}")
             console.print(line, no_wrap=True, overflow="ellipsis")
     else:
         console.print("no evaluation in this run: `--stages eval` compares the policies")

@@ -41,7 +41,8 @@ class FailureEvent:
 # ---- over PPO's curve ---------------------------------------------------------------------------------
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the first points average what there is)."""
-    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))]
 
 
 def curve_overoptimization(curve: list[dict], cfg: DetectConfig, policy: str = "ppo") -> list[FailureEvent]:
@@ -56,10 +57,11 @@ def curve_overoptimization(curve: list[dict], cfg: DetectConfig, policy: str = "
     if gold_drop < cfg.curve_gold_drop or proxy_gain <= 0:
         return []
     return [FailureEvent("overoptimization", "error", policy=policy, step=int(rows[peak]["step"]),
-                         message=f"{policy}: gold reward peaked at step {rows[peak]['step']} and fell by {gold_drop:.2f} "
-                                 f"while proxy reward rose by {proxy_gain:.2f}",
+                         message=f"{policy}: gold reward peaked at step {rows[peak]['step']} and fell by "
+                                 f"{gold_drop:.2f} while proxy reward rose by {proxy_gain:.2f}",
                          evidence={"gold_peak": gold[peak], "gold_final": gold[-1], "proxy_at_gold_peak": proxy[peak],
-                                   "proxy_final": proxy[-1], "peak_step": int(rows[peak]["step"]), "smooth_window": cfg.smooth_window})]
+                                   "proxy_final": proxy[-1], "peak_step": int(rows[peak]["step"]),
+                                   "smooth_window": cfg.smooth_window})]
 
 
 def kl_spikes(curve: list[dict], cfg: DetectConfig, policy: str = "ppo") -> list[FailureEvent]:
@@ -71,7 +73,8 @@ def kl_spikes(curve: list[dict], cfg: DetectConfig, policy: str = "ppo") -> list
         before = median(k for _, k in kls[:i])
         if kl > cfg.kl_spike_min and kl > cfg.kl_spike_factor * max(before, 1e-8):
             events.append(FailureEvent("kl_spike", "warning", policy=policy, step=step,
-                                       message=f"{policy}: KL {kl:.2f} at step {step}, {kl / max(before, 1e-8):.1f}x the median {before:.2f} before it",
+                                       message=f"{policy}: KL {kl:.2f} at step {step}, "
+                                               f"{kl / max(before, 1e-8):.1f}x the median {before:.2f} before it",
                                        evidence={"kl": kl, "median_before": before, "factor": cfg.kl_spike_factor}))
     return events
 
@@ -96,9 +99,11 @@ def eval_overoptimization(metrics, samples, policy, cfg) -> list[FailureEvent]:
         return []
     gap = lambda s: (s["proxy_reward"] or 0) - (s["gold_reward"] or 0)  # noqa: E731
     return [FailureEvent("overoptimization", "error", policy=policy,
-                         message=f"{policy}: proxy reward {proxy:.2f} vs SFT {proxy0:.2f}, but gold reward {gold:.2f} vs SFT {gold0:.2f}",
+                         message=f"{policy}: proxy reward {proxy:.2f} vs SFT {proxy0:.2f}, "
+                                 f"but gold reward {gold:.2f} vs SFT {gold0:.2f}",
                          evidence={"proxy": proxy, "proxy_sft": proxy0, "gold": gold, "gold_sft": gold0},
-                         examples=_examples(samples, lambda s: s.get("gold_reward") is not None, cfg.n_examples, key=gap))]
+                         examples=_examples(samples, lambda s: s.get("gold_reward") is not None, cfg.n_examples,
+                                            key=gap))]
 
 
 def length_blowup(metrics, samples, policy, cfg) -> list[FailureEvent]:
@@ -106,9 +111,12 @@ def length_blowup(metrics, samples, policy, cfg) -> list[FailureEvent]:
     if None in (length, length0) or length <= cfg.length_ratio * max(length0, 1.0):
         return []
     return [FailureEvent("length_blowup", "warning", policy=policy,
-                         message=f"{policy}: responses {length:.1f} words long vs {length0:.1f} for SFT ({length / max(length0, 1.0):.1f}x)",
-                         evidence={"response_length": length, "response_length_sft": length0, "ratio_threshold": cfg.length_ratio},
-                         examples=_examples(samples, lambda s: True, cfg.n_examples, key=lambda s: len(s["response"].split())))]
+                         message=f"{policy}: responses {length:.1f} words long vs {length0:.1f} for SFT "
+                                 f"({length / max(length0, 1.0):.1f}x)",
+                         evidence={"response_length": length, "response_length_sft": length0,
+                                   "ratio_threshold": cfg.length_ratio},
+                         examples=_examples(samples, lambda s: True, cfg.n_examples,
+                                            key=lambda s: len(s["response"].split())))]
 
 
 def diversity_collapse(metrics, samples, policy, cfg) -> list[FailureEvent]:
@@ -133,7 +141,9 @@ def over_refusal(metrics, samples, policy, cfg) -> list[FailureEvent]:
     return [FailureEvent("over_refusal", "warning", policy=policy,
                          message=f"{policy}: refuses {rate:.0%} of benign prompts vs {rate0:.0%} for SFT",
                          evidence={"refusal_rate_benign": rate, "refusal_rate_benign_sft": rate0},
-                         examples=_examples(samples, lambda s: s.get("intent") == "benign" and is_refusal(s["response"]), cfg.n_examples))]
+                         examples=_examples(samples,
+                                            lambda s: s.get("intent") == "benign" and is_refusal(s["response"]),
+                                            cfg.n_examples))]
 
 
 _REPEATED_WORDS = re.compile(r"\b(\w+)(?:\W+\1\b){2,}", re.IGNORECASE)  # the same word three times in a row
@@ -159,7 +169,8 @@ def degenerate_repetition(metrics, samples, policy, cfg) -> list[FailureEvent]:
     if rate - baseline_rate <= cfg.degenerate_increase:
         return []
     return [FailureEvent("degenerate_repetition", "warning", policy=policy,
-                         message=f"{policy}: {rate:.0%} of responses are empty or repetition loops (SFT: {baseline_rate:.0%})",
+                         message=f"{policy}: {rate:.0%} of responses are empty or repetition loops "
+                                 f"(SFT: {baseline_rate:.0%})",
                          evidence={"degenerate_rate": rate, "degenerate_rate_sft": baseline_rate},
                          examples=_examples(samples, lambda s: is_degenerate(s["response"]), cfg.n_examples))]
 

@@ -35,10 +35,12 @@ from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import LogToStore, last_logged, train_and_save, trainer_common_args
 
 # What the summary keeps of TRL's logs: the last logged value of each.
-SUMMARY = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
+SUMMARY = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+           "logps/rejected")
 
 
-def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
+            logger: MetricLogger | None = None) -> StageResult:
     logger = logger or NullLogger()
     started = time.perf_counter()
     set_seed(cfg.seed)
@@ -46,7 +48,8 @@ def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path, l
     # The reference is a frozen copy of SFT. With LoRA, TRL uses the policy with its adapters switched off instead.
     ref_policy = None if cfg.model.lora.enabled else load_policy(str(sft_dir))[1]
     # Long dialogues (HH-RLHF) keep their last turns: the same cut as the reward model's training pairs.
-    pairs, n_truncated, n_dropped = fit_to_length(read_jsonl(Path(data_dir) / "pairs_train.jsonl"), tokenizer, cfg.dpo.max_length)
+    pairs, n_truncated, n_dropped = fit_to_length(read_jsonl(Path(data_dir) / "pairs_train.jsonl"), tokenizer,
+                                                  cfg.dpo.max_length)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     result = StageResult("dpo", "", "")
     with stage_output(out_dir, result) as tmp:

@@ -38,7 +38,8 @@ class PPOUnstable(RuntimeError):
     def __init__(self, cause: str, step: int, last_good_checkpoint: Path | None, detail: str = ""):
         self.cause, self.step, self.last_good_checkpoint = cause, step, last_good_checkpoint
         where = last_good_checkpoint or "none (the run restarts from the SFT model)"
-        super().__init__(f"PPO unstable at step {step}: {cause}{' (' + detail + ')' if detail else ''}; last good checkpoint: {where}")
+        super().__init__(f"PPO unstable at step {step}: {cause}{' (' + detail + ')' if detail else ''}; "
+                         f"last good checkpoint: {where}")
 
     def __reduce__(self):  # picklable with its fields (a Prefect state or a Ray worker may carry it)
         return (type(self), (self.cause, self.step, self.last_good_checkpoint))

@@ -37,7 +37,8 @@ log = logging.getLogger("minirlhf")
 
 
 def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int, batch_size: int = 64):
-    """Sample one response per prompt, in batches. Yields (texts, response ids, masks, has_eos, query ids, query masks)."""
+    """Sample one response per prompt, in batches. Yields (texts, response ids, masks, has_eos, query ids,
+    query masks)."""
     gen = sampling_config(tokenizer, cfg.eval.temperature, cfg.eval.max_new_tokens)
     torch.manual_seed(seed)
     out = []
@@ -45,7 +46,8 @@ def sample(policy, tokenizer, prompts: list[str], cfg: PipelineConfig, seed: int
         query_ids, query_mask = encode_prompts(tokenizer, prompts[i : i + batch_size], cfg.model.max_prompt_length,
                                                next(policy.parameters()).device)
         response_ids, mask, has_eos = sample_responses(policy, tokenizer, query_ids, query_mask, gen)
-        out.append((decode_responses(tokenizer, response_ids, mask), response_ids, mask, has_eos, query_ids, query_mask))
+        out.append((decode_responses(tokenizer, response_ids, mask), response_ids, mask, has_eos, query_ids,
+                    query_mask))
     return out
 
 
@@ -54,10 +56,12 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def evaluate_policy(name: str, policy, tokenizer, sft_policy, rm, rm_tokenizer, rows: list[dict], cfg: PipelineConfig) -> tuple[dict, list[dict]]:
+def evaluate_policy(name: str, policy, tokenizer, sft_policy, rm, rm_tokenizer, rows: list[dict],
+                    cfg: PipelineConfig) -> tuple[dict, list[dict]]:
     prompts = [r["prompt"] for r in rows]
     texts, kls, eos = [], [], []
-    for batch_texts, response_ids, mask, has_eos, query_ids, query_mask in sample(policy, tokenizer, prompts, cfg, cfg.eval.seed):
+    for batch_texts, response_ids, mask, has_eos, query_ids, query_mask in sample(policy, tokenizer, prompts, cfg,
+                                                                                  cfg.eval.seed):
         logp = sequence_logprob(policy, query_ids, query_mask, response_ids, mask, cfg.eval.temperature)
         ref_logp = sequence_logprob(sft_policy, query_ids, query_mask, response_ids, mask, cfg.eval.temperature)
         texts += batch_texts
@@ -65,7 +69,8 @@ def evaluate_policy(name: str, policy, tokenizer, sft_policy, rm, rm_tokenizer, 
         eos += has_eos.tolist()
     proxy = score_texts(rm, rm_tokenizer, prompts, texts).tolist()
     gold = [gold_or_none(p, t) for p, t in zip(prompts, texts)]
-    samples = [{"prompt_id": r.get("prompt_id"), "intent": r.get("intent"), "prompt": p, "response": t, "proxy_reward": s, "gold_reward": g, "kl": k}
+    samples = [{"prompt_id": r.get("prompt_id"), "intent": r.get("intent"), "prompt": p, "response": t,
+                "proxy_reward": s, "gold_reward": g, "kl": k}
                for r, p, t, s, g, k in zip(rows, prompts, texts, proxy, gold, kls)]
     m = {
         "proxy_reward": sum(proxy) / len(proxy),

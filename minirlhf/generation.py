@@ -4,8 +4,8 @@ encode prompts, sample and decode identically.
 Usage:
     from minirlhf.generation import encode_prompts, sample_responses, decode_responses, sampling_config
     query_ids, query_mask = encode_prompts(tokenizer, prompts, max_prompt_length=64, device=device)
-    response_ids, response_mask, has_eos = sample_responses(policy, tokenizer, query_ids, query_mask,
-                                                            sampling_config(tokenizer, temperature=1.0, max_new_tokens=24))
+    response_ids, response_mask, has_eos = sample_responses(
+        policy, tokenizer, query_ids, query_mask, sampling_config(tokenizer, temperature=1.0, max_new_tokens=24))
     texts = decode_responses(tokenizer, response_ids, response_mask)
     logprobs = response_logprobs(policy, query_ids, query_mask, response_ids, response_mask, temperature=1.0)
 """
@@ -31,7 +31,8 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int,
+                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of prompts, cut from the left to `max_prompt_length` and left-padded for generation."""
     encoded = [ids[-max_prompt_length:] for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     ids, mask = left_pad(encoded, tokenizer.pad_token_id)
@@ -39,7 +40,8 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device
 
 
 @torch.no_grad()
-def sample_responses(policy, tokenizer, query_ids, query_mask, generation_config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_responses(policy, tokenizer, query_ids, query_mask,
+                     generation_config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample responses; returns (response_ids padded after EOS, mask up to and including EOS, has_eos)."""
     policy.eval()
     with neutral_generation_defaults(policy):

@@ -70,7 +70,8 @@ def resolve_source(name: str, gguf_file: str | None = None) -> tuple[str, str | 
     return str(package_dir), gguf_file or ggufs[0]
 
 
-def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> PreTrainedTokenizerBase:
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase,
+                      model: PreTrainedModel | None = None) -> PreTrainedTokenizerBase:
     """The one place pad and EOS are handled. Adds a PAD distinct from EOS if needed, resizes the model's
     embeddings to match, and mirrors the ids onto the model's config and generation config."""
     if tokenizer.eos_token is None:
@@ -109,7 +110,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=None)
 
 
-def build_tiny(cfg: TinyModelConfig, corpus: list[str], seed: int = 0) -> tuple[PreTrainedTokenizerFast, GPT2LMHeadModel]:
+def build_tiny(cfg: TinyModelConfig, corpus: list[str],
+               seed: int = 0) -> tuple[PreTrainedTokenizerFast, GPT2LMHeadModel]:
     """A GPT-2 of a few layers, randomly initialised, with a tokenizer trained on `corpus`."""
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     torch.manual_seed(seed)
@@ -150,19 +152,22 @@ def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: b
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
 
 
-def load_policy(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+def load_policy(name: str, gguf_file: str | None = None,
+                trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """A causal LM by hub id ('gpt2', 'EleutherAI/pythia-160m'), local directory, or packaged name ('smollm2')."""
     source, gguf = resolve_source(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
     # GGUF weights are dequantised to float32 on load: fine on CPU, and what the optimiser needs anyway.
-    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                                 **kwargs)
     forget_gguf_origin(model)
     prepare_tokenizer(tokenizer, model)
     return tokenizer, model
 
 
-def load_reward_model(name: str, gguf_file: str | None = None, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+def load_reward_model(name: str, gguf_file: str | None = None,
+                      trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """A sequence classifier with one output (a scalar reward), from any backbone: an SFT checkpoint,
     a hub id, a directory, or 'minilm'. The score head is new unless the checkpoint already has one."""
     source, gguf = resolve_source(name, gguf_file)

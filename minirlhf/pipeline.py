@@ -73,7 +73,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("data/prepare.py", "data/task.py", "data/hh.py", *GOLD)),
     # `seed` is in every key through the top level; the model section decides the base model.
     Stage("sft", ("model", "sft"), ("data",), "minirlhf.sft:run_sft", ("sft.py", *TRAINING)),
-    Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward", ("reward.py", "scoring.py", *TRAINING)),
+    Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward",
+          ("reward.py", "scoring.py", *TRAINING)),
     Stage("ppo", ("model", "ppo"), ("data", "sft", "reward"), "minirlhf.ppo.trainer:run_ppo",
           ("ppo/trainer.py", *SAMPLING, *TRAINING), retries=2),
     Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "scoring.py", *TRAINING)),
@@ -200,7 +201,8 @@ def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...] | None = None) ->
 
 
 # ---- running -----------------------------------------------------------------------------------------------
-def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1, task_run_id: str | None = None) -> StageResult:
+def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1,
+              task_run_id: str | None = None) -> StageResult:
     """The protocol of every stage output: under its lock, reuse the verified output if there is one, else compute
     it; one stage_runs row either way ('failed' with the cause if computing raises). On the console: the stage's
     progress line or one line when done (minirlhf.console), the libraries' own output quieted while it computes."""
@@ -234,8 +236,9 @@ def record_reuse(spec: StageSpec, store: Store, run_id: str, task_run_id: str | 
     if result is None:
         raise FileNotFoundError(f"{spec.name}: no complete output at {spec.out_dir} for a cached result; "
                                 "rerun the stage (its files were removed or changed after it was planned)")
-    with store.writing(), store.stage_run(run_id, spec.name, config=spec.cfg.model_dump(mode="json"), cache_key=spec.key,
-                                          cache_hit=True, task_run_id=task_run_id, output_dir=spec.out_dir) as logger:
+    with store.writing(), store.stage_run(run_id, spec.name, config=spec.cfg.model_dump(mode="json"),
+                                          cache_key=spec.key, cache_hit=True, task_run_id=task_run_id,
+                                          output_dir=spec.out_dir) as logger:
         log_result(logger, spec, result)
     result.cache_hit, result.run_id = True, run_id
     print_stage_line(spec.name, result)  # `✓ sft     reused`, as run_stage prints a reused stage

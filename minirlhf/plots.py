@@ -33,7 +33,8 @@ def plot_accuracy_by_intent(by_intent: pd.DataFrame, values: dict, path: Path) -
     ax = fig.subplots()
     bars = ax.bar(by_intent["intent"], by_intent["accuracy"], color="tab:blue", alpha=0.8)
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    for name, style, label in (("reward/accuracy", "-", "overall accuracy"), ("reward/label_ceiling", "--", "label ceiling")):
+    for name, style, label in (("reward/accuracy", "-", "overall accuracy"),
+                               ("reward/label_ceiling", "--", "label ceiling")):
         if name in values and _is_number(values[name]):
             ax.axhline(values[name], color="black", ls=style, lw=1, label=f"{label} {values[name]:.2f}")
     ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance 0.50")
@@ -80,7 +81,8 @@ def plot_ppo_curves(curves: pd.DataFrame, path: Path) -> Path:
             ax.plot(c["step"], c[column], marker="o", ms=3, color=color, label=f"attempt {int(attempt)}")
             resumed = c["resumed_from_step"].iloc[0]
             if _is_number(resumed) and resumed > 0:
-                ax.axvline(resumed, color=color, ls="--", lw=1, label=f"attempt {int(attempt)} resumed at step {int(resumed)}")
+                ax.axvline(resumed, color=color, ls="--", lw=1,
+                           label=f"attempt {int(attempt)} resumed at step {int(resumed)}")
         if curves[column].isna().all():
             ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", color="grey")
         ax.set_title(label)
@@ -99,7 +101,8 @@ def plot_stage_curves(stage: str, rows: pd.DataFrame, names: list[str], path: Pa
     fig = new_figure(figsize=(4 * cols, 3.2 * n_rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, names):
-        for i, ((attempt, _), c) in enumerate(rows[rows["name"] == name].groupby(["attempt", "stage_run_id"], sort=False)):
+        for i, ((attempt, _), c) in enumerate(
+                rows[rows["name"] == name].groupby(["attempt", "stage_run_id"], sort=False)):
             ax.plot(c["step"], c["value"], marker="o", ms=3, color=f"C{i % 10}", label=f"attempt {int(attempt)}")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("training step")
@@ -187,7 +190,8 @@ def _policy_color(policy: str) -> str:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def new_figure(**kwargs):

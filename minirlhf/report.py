@@ -14,8 +14,9 @@ over-optimisation sweep, samples side by side, failure events. Every number come
 (minirlhf/store.py VIEWS, README "Dashboards and SQL") through the read-only `Store.query`, never from the files
 of a stage: the report shows what was recorded. Each query is a file, minirlhf/sql/report/<name>.sql, with DuckDB
 named parameters, runnable as is: `minirlhf query --file minirlhf/sql/report/stages.sql --param run_id=<run_id>`.
-A section whose data the store lacks says so in one line and names the command that records it. Policies are rows (sft, ppo, dpo, rloo, ...) and any stage with per-step
-metrics gets its curves, so new stages show up without a change here.
+A section whose data the store lacks says so in one line and names the command that records it. Policies are rows
+(sft, ppo, dpo, rloo, ...) and any stage with per-step metrics gets its curves, so new stages show up without a
+change here.
 
 Which run: `run_id`, else the newest run with a completed eval stage that is not a sweep. The sweep is its own
 run (flows/sweep.py): `sweep_run_id`, else the newest sweep in the store.
@@ -127,6 +128,7 @@ def build_report(db_path: Path, out_dir: Path, run_id: str | None = None, sweep_
 def write_report(report: Report, out_dir: Path) -> Path:
     """`<out_dir>/report.md`, figures embedded by relative path; return its path."""
     path = Path(out_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
     tmp.write_text(report.markdown(), encoding="utf-8")
     tmp.replace(path)  # atomic: a reader sees the old report or the new one, never half of one
@@ -220,7 +222,8 @@ def section_header(store: Store, run_id: str, db_path: Path) -> list[Block]:
     table = []
     for s in stages.itertuples():
         if s.cache_hit:
-            note = "output reused" + (f" (computed by run `{s.source_run_id[:12]}`)" if _present(s.source_run_id) else "")
+            note = "output reused" + (f" (computed by run `{s.source_run_id[:12]}`)"
+                                      if _present(s.source_run_id) else "")
         else:
             note = _cell(s.cause) if _present(s.cause) else ""
         table.append((s.stage, int(s.attempt), s.status, "yes" if s.cache_hit else "no",
@@ -293,7 +296,8 @@ def section_training_curves(store: Store, run_id: str, figures: FigureFolder) ->
             lines += ["", f"### {stage.upper() if len(stage) <= 4 else stage.capitalize()}", "",
                       ReportFigure(path, f"{stage} training curves", "curves", run_id)]
     if not {"dpo", "rloo"} & set(other["stage"]):
-        lines += ["", _missing("DPO / RLOO baseline curves", f"{RUN_HINT} --set dpo.enabled=true --set rloo.enabled=true")]
+        lines += ["", _missing("DPO / RLOO baseline curves",
+                               f"{RUN_HINT} --set dpo.enabled=true --set rloo.enabled=true")]
     return lines
 
 
@@ -333,7 +337,8 @@ def section_sweep(store: Store, sweep_run_id: str | None, figures: FigureFolder)
         return lines + [_missing("KL sweep", SWEEP_HINT)]
     points = _query(store, "sweep_points", stage_run_id=sweep["stage_run_id"])
     fits = _query(store, "sweep_fits", stage_run_id=sweep["stage_run_id"])
-    lines += [f"Sweep run `{sweep['run_id'][:12]}` ({sweep['status']}, started {sweep['started_at']:%Y-%m-%d %H:%M} UTC): "
+    lines += [f"Sweep run `{sweep['run_id'][:12]}` ({sweep['status']}, "
+              f"started {sweep['started_at']:%Y-%m-%d %H:%M} UTC): "
               f"one PPO run per `ppo.kl_coef`, each evaluated against SFT. d = sqrt(KL(PPO || SFT)); a gain is the "
               "policy's reward minus SFT's. Gao et al. (2022) find that for RL the gold gain follows "
               "R(d) = d(α − β·log d), peaking at d* = exp(α/β − 1), while the proxy keeps rising.", ""]
@@ -365,7 +370,8 @@ def pick_sweep(store: Store, sweep_run_id: str | None) -> pd.Series | None:
     found = _query(store, "sweep", sweep_run_id=sweep_run_id or "")  # '' matches any run
     if found.empty and sweep_run_id is not None:
         sweeps = _query(store, "sweep_runs")["run_id"].tolist()
-        raise ReportError(f"no recorded sweep in run {sweep_run_id!r}; runs with a sweep: {', '.join(sweeps) or 'none'} "
+        raise ReportError(f"no recorded sweep in run {sweep_run_id!r}; "
+                          f"runs with a sweep: {', '.join(sweeps) or 'none'} "
                           f"(record one with `{SWEEP_HINT}`)")
     return None if found.empty else found.iloc[0]
 
@@ -386,7 +392,8 @@ def section_samples(store: Store, run_id: str, n_samples: int) -> list[Block]:
         intent = f" ({first['intent']})" if _present(first["intent"]) else ""
         lines += ["", f"**{i}. {_cell(first['prompt'])}**{intent}", "",
                   _table(["policy", "response", "proxy", "gold"],
-                         [(r["policy"], _cell(r["response"]) or "_(empty)_", _num(r["proxy_reward"]), _num(r["gold_reward"]))
+                         [(r["policy"], _cell(r["response"]) or "_(empty)_", _num(r["proxy_reward"]),
+                           _num(r["gold_reward"]))
                           for _, r in rows.iterrows()])]
     return lines
 
@@ -419,7 +426,8 @@ def section_failures(store: Store, run_id: str, heading: str = "## Failure event
         if evaluated.empty:
             return lines + [_missing("failure detection", f"{RUN_HINT} --stages eval")]
         return lines + ["No failure event: no detector crossed its threshold (thresholds: config `detect`)."]
-    events["rank"] = events["severity"].map(lambda s: SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else len(SEVERITY_ORDER))
+    events["rank"] = events["severity"].map(lambda s: SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER
+                                            else len(SEVERITY_ORDER))
     events = events.sort_values("rank", kind="stable")
     parsed = [(_load_json(e["evidence"]) or {}, _load_json(e["examples"]) or []) for _, e in events.iterrows()]
     rows = [(i, f"`{e['kind']}`", e["severity"], _text(evidence.get("policy")), _int(e["step"]), _cell(e["message"]),
@@ -469,8 +477,7 @@ class FigureFolder:
 
     def __init__(self, path: Path):
         self.path = path
-        self.used: set[str] = set()
-        path.mkdir(parents=True, exist_ok=True)
+        self.used: set[str] = set()  # the folder is made at the first draw: a report that fails first leaves none
 
     def draw(self, name: str, plot: Callable[..., Path], *inputs) -> Path:
         """`figures/<name>`, drawn by `plot(*inputs, path)` unless the PNG there was drawn from the same inputs."""
@@ -480,6 +487,7 @@ class FigureFolder:
         if path.is_file() and stamp.is_file() and stamp.read_text() == digest:
             return path
         stamp.unlink(missing_ok=True)  # a draw that fails half-way leaves no stamp claiming the PNG is current
+        self.path.mkdir(parents=True, exist_ok=True)
         plot(*inputs, path)
         stamp.write_text(digest)
         return path
@@ -516,7 +524,8 @@ def _missing(what: str, command: str) -> str:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _present(value) -> bool:

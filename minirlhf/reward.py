@@ -71,18 +71,21 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], max_length: int = 512) -
         decided = gold_c != gold_r  # gold ties have no noiseless choice
         gold_prefers_chosen = gold_c > gold_r
         # The ceiling: a perfect model of the gold annotator still disagrees with the noisy labels this often.
-        metrics["reward/label_ceiling"] = float(torch.where(decided, gold_prefers_chosen.float(), torch.full_like(gold_c, 0.5)).mean())
+        metrics["reward/label_ceiling"] = float(torch.where(decided, gold_prefers_chosen.float(),
+                                                            torch.full_like(gold_c, 0.5)).mean())
         metrics["reward/accuracy_gold"] = float(((chosen > rejected) == gold_prefers_chosen)[decided].float().mean())
         metrics["reward/gold_corr"] = _pearson(all_scores, torch.cat([gold_c, gold_r]).tolist())
         # The spurious feature: what appending the filler phrase does to the score of answers without it.
         plain = [(p["prompt"], p["chosen"]) for p in pairs if FILLER not in p["chosen"]]
         if plain:
             before = score_texts(model, tokenizer, [a for a, _ in plain], [b for _, b in plain], max_length=max_length)
-            after = score_texts(model, tokenizer, [a for a, _ in plain], [f"{b} {FILLER}" for _, b in plain], max_length=max_length)
+            after = score_texts(model, tokenizer, [a for a, _ in plain], [f"{b} {FILLER}" for _, b in plain],
+                                max_length=max_length)
             metrics["reward/filler_effect"] = float((after - before).mean())
     rows = [
         {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "intent": p.get("intent"),
-         "score_chosen": float(c), "score_rejected": float(r), "gold_chosen": p.get("gold_chosen"), "gold_rejected": p.get("gold_rejected")}
+         "score_chosen": float(c), "score_rejected": float(r), "gold_chosen": p.get("gold_chosen"),
+         "gold_rejected": p.get("gold_rejected")}
         for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist())
     ]
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, rows
@@ -92,7 +95,8 @@ def _backbone(cfg: PipelineConfig, sft_dir: Path) -> str:
     return str(sft_dir) if cfg.model.reward_backbone == "sft" else cfg.model.reward_backbone
 
 
-def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_dir: Path,
+               logger: MetricLogger | None = None) -> StageResult:
     logger = logger or NullLogger()
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -122,7 +126,8 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
         metrics, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
         # Score statistics on the training responses: PPO can normalise rewards with them.
         scored = train[: cfg.reward.score_stats_max_pairs]  # None: all of them
-        train_scores = score_texts(model, tokenizer, [r["prompt"] for r in scored], [r["chosen"] for r in scored], max_length=cfg.reward.max_length)
+        train_scores = score_texts(model, tokenizer, [r["prompt"] for r in scored], [r["chosen"] for r in scored],
+                                   max_length=cfg.reward.max_length)
         metrics |= {
             "reward/train_loss_mean": float(output.training_loss),
             "reward/steps": float(output.global_step),

@@ -67,7 +67,8 @@ def reward_function(reward_model, rm_tokenizer, eos_token_id: int, missing_eos_p
         if step == 1 or step % sample_every == 0:
             intents = intent or [""] * len(prompts)  # the dataset's extra columns come as keyword lists
             logger.log_samples([{"prompt": p, "response": c, "proxy_reward": float(s), "gold_reward": g, "intent": i}
-                                for p, c, s, g, i in list(zip(prompts, completions, scores.tolist(), gold, intents))[:4]],
+                                for p, c, s, g, i in list(zip(prompts, completions, scores.tolist(), gold,
+                                                              intents))[:4]],
                                step=step, policy="rloo")
         return rewards.tolist()
 
@@ -77,7 +78,8 @@ def reward_function(reward_model, rm_tokenizer, eos_token_id: int, missing_eos_p
 def truncate_prompts(prompts: list[str], tokenizer, max_prompt_length: int) -> list[str]:
     """Cut prompts to their last `max_prompt_length` tokens, as PPO's rollout does (RLOOTrainer does not cut)."""
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    return [p if len(i) <= max_prompt_length else tokenizer.decode(i[-max_prompt_length:]) for p, i in zip(prompts, ids)]
+    return [p if len(i) <= max_prompt_length else tokenizer.decode(i[-max_prompt_length:])
+            for p, i in zip(prompts, ids)]
 
 
 def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
@@ -85,7 +87,8 @@ def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
     # The TRL arguments every stage shares (offline, CPU/GPU, no checkpoints, no gradient checkpointing); RLOO
     # counts optimiser steps, not epochs, and has no max_length (prompts are cut above, responses by length).
     shared = trainer_common_args(SimpleNamespace(learning_rate=r.learning_rate, num_train_epochs=1, max_steps=r.steps,
-                                                 batch_size=r.batch_size, warmup_ratio=r.warmup_ratio, weight_decay=r.weight_decay,
+                                                 batch_size=r.batch_size, warmup_ratio=r.warmup_ratio,
+                                                 weight_decay=r.weight_decay,
                                                  logging_steps=1, max_length=None), cfg.seed, output_dir)
     del shared["max_length"]
     return RLOOConfig(
@@ -116,8 +119,8 @@ def run_rloo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Pat
     with stage_output(out_dir, result) as tmp:
         trainer = RLOOTrainer(
             model=policy,
-            reward_funcs=reward_function(reward_model, rm_tokenizer, tokenizer.eos_token_id, cfg.rloo.missing_eos_penalty,
-                                         logger, cfg.rloo.sample_every),
+            reward_funcs=reward_function(reward_model, rm_tokenizer, tokenizer.eos_token_id,
+                                         cfg.rloo.missing_eos_penalty, logger, cfg.rloo.sample_every),
             args=rloo_args(cfg, tmp / "trainer"),
             train_dataset=dataset,
             processing_class=tokenizer,

@@ -18,7 +18,8 @@ import torch
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64, max_length: int = 512) -> torch.Tensor:
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64,
+                max_length: int = 512) -> torch.Tensor:
     """Reward-model scores of `prompt + response + EOS`, as RewardTrainer trained them. (batch,) float32.
 
     Too-long texts are cut from the left, keeping the end where the score is read."""
@@ -30,8 +31,10 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     scores = []
     try:
         for i in range(0, len(prompts), batch_size):
-            texts = [p + r + tokenizer.eos_token for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
-            # add_special_tokens as TRL tokenizes (`tokenizer(text=...)`): [CLS]...[SEP] for BERT-like backbones, nothing for GPT-2.
+            texts = [p + r + tokenizer.eos_token
+                     for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
+            # add_special_tokens as TRL tokenizes (`tokenizer(text=...)`): [CLS]...[SEP] for BERT-like backbones,
+            # nothing for GPT-2.
             batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             scores.append(model(**batch).logits[:, 0].float().cpu())
@@ -48,7 +51,8 @@ def fit_to_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
     kept, truncated, dropped = [], 0, 0
     budget = max_length - 3  # room for EOS and a backbone's own special tokens ([CLS], [SEP])
     for row in rows:
-        response_len = max(len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
+        response_len = max(len(tokenizer(row[k], add_special_tokens=False)["input_ids"])
+                           for k in ("chosen", "rejected"))
         prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
         if response_len >= budget:
             dropped += 1

@@ -200,5 +200,6 @@ def content_digest(directory: str | Path) -> str:
     manifest = Path(directory) / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} does not exist: seal the directory first (stage_output / atomic_dir)")
-    lines = [line for line in manifest.read_text().splitlines(keepends=True) if line.partition("  ")[2].strip() != RECORD]
+    lines = [line for line in manifest.read_text().splitlines(keepends=True)
+             if line.partition("  ")[2].strip() != RECORD]
     return hashlib.sha256("".join(lines).encode()).hexdigest()

@@ -70,6 +70,9 @@ READ_ONLY_CONFIG = {"enable_external_access": False, "autoinstall_known_extensio
                     "autoload_known_extensions": False, "lock_configuration": True}
 # DuckDB's text when another process holds the file: "Conflicting lock is held in /usr/bin/python3 (PID 123)".
 LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+# Writers: no extension installed or loaded behind our back either (a SQLite file at the store's path would fetch
+# sqlite_scanner from the network).
+WRITER_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB file's header
 
 SCHEMA = [
@@ -237,7 +240,8 @@ class Store:
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             if sha256 is None:
                 if not (path / MANIFEST).is_file():
-                    raise FileNotFoundError(f"artifact {kind!r}: {path} has no {MANIFEST}; seal it first (minirlhf.stage)")
+                    raise FileNotFoundError(f"artifact {kind!r}: {path} has no {MANIFEST}; "
+                                            "seal it first (minirlhf.stage)")
                 sha256 = content_digest(path)
         elif path.is_file():
             size, sha256 = path.stat().st_size, sha256 or sha256_file(path)
@@ -414,11 +418,12 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
         if read_only:
             return duckdb.connect(str(path), read_only=True, config=dict(READ_ONLY_CONFIG))
-        con = duckdb.connect(str(path))
-    except (duckdb.IOException, duckdb.CatalogException) as err:
-        # A file too short for the header check: DuckDB's own words for "not a database"; for a path ending in .csv,
-        # .json or .parquet it opens an in-memory database over the file instead, which read-only cannot.
-        if "not a valid DuckDB database file" not in str(err) and "Cannot launch in-memory database" not in str(err):
+        con = duckdb.connect(str(path), config=dict(WRITER_CONFIG))
+    except (duckdb.IOException, duckdb.CatalogException, duckdb.PermissionException) as err:
+        # "not a valid DuckDB database file"; for a .csv/.json/.parquet path an in-memory database over the file,
+        # which read-only cannot launch; for a SQLite file an extension it may not load. Reading the header is safe
+        # only here: the connect failed, so no connection of this process holds the file's lock (see _require_store).
+        if _is_lock_conflict(err) or _has_duckdb_header(path):
             raise
         raise NotAStore(_not_a_store_message(path)) from err
     # Read-write, that in-memory database opens fine, and every write would vanish with it.
@@ -430,15 +435,16 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 def _require_store(path: Path) -> None:
-    """FileNotFoundError when there is no file, NotAStore when it is not a DuckDB database."""
+    """FileNotFoundError when there is no file. Whether it is a DuckDB database, DuckDB decides (_open: NotAStore).
+    Never open() the file here: DuckDB's lock is a POSIX record lock, and closing any descriptor of the file in this
+    process drops it, so a header read inside `reading()` let another process write under a live reader."""
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path}: run the pipeline first (`make demo` or `minirlhf run`)")
+
+
+def _has_duckdb_header(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(12)
-    # Shorter than a header: a writer may be creating the file this instant; DuckDB decides (a lock conflict, or
-    # "not a valid DuckDB database file", which _open turns into NotAStore).
-    if len(head) == 12 and head[8:12] != DUCKDB_MAGIC:
-        raise NotAStore(_not_a_store_message(path))
+        return f.read(12)[8:12] == DUCKDB_MAGIC
 
 
 def _not_a_store_message(path: Path) -> str:

@@ -3,9 +3,9 @@
 Usage:
     from minirlhf.sweep import fit_points, point_config, run_sweep
     fits = fit_points([{"d": 0.5, "gold_gain": 0.3}, {"d": 1.0, "gold_gain": 0.5}, {"d": 2.0, "gold_gain": 0.4}])
-    cfg_005 = point_config(cfg, 0.05)                                          # one point's config: PPO at kl_coef 0.05
-    result = run_sweep(cfg, {0.2: eval_dir_a, 0.05: eval_dir_b}, out_dir)      # points.json, fit.json, the figure
-    spec = minirlhf.pipeline.plan_sweep(cfg, {0.2: eval_a, 0.05: eval_b})       # as a stage: key, then run_stage(spec, ...)
+    cfg_005 = point_config(cfg, 0.05)                                       # one point's config: PPO at kl_coef 0.05
+    result = run_sweep(cfg, {0.2: eval_dir_a, 0.05: eval_dir_b}, out_dir)   # points.json, fit.json, the figure
+    spec = minirlhf.pipeline.plan_sweep(cfg, {0.2: eval_a, 0.05: eval_b})   # as a stage: key, then run_stage(spec, ...)
 
 Gao, Schulman & Hilton (2022), "Scaling Laws for Reward Model Overoptimization", measure how far a policy has
 moved from its initialisation by d = sqrt(KL(pi || pi_init)) and find that, for RL, the gold reward gained over
@@ -87,7 +87,8 @@ def sweep_metrics(points: list[dict], fits: dict[str, dict[str, float]]) -> list
     return rows + [(0, fit_row)]
 
 
-def run_sweep(cfg: PipelineConfig, evals: dict[float, Path], out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+def run_sweep(cfg: PipelineConfig, evals: dict[float, Path], out_dir: Path,
+              logger: MetricLogger | None = None) -> StageResult:
     """Fit and draw the sweep from the eval stage outputs of each PPO run, keyed by its kl_coef."""
     logger = logger or NullLogger()
     started = time.perf_counter()

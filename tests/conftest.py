@@ -81,7 +81,8 @@ def server_env(tmp_path_factory):
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "default-results"),
             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     log = (home / "server.log").open("w")
-    proc = subprocess.Popen([Path(sys.executable).with_name("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([Path(sys.executable).with_name("prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
     while True:

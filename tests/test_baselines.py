@@ -104,7 +104,8 @@ def penalised_scores(policy, tokenizer, rm, rm_tokenizer, prompts: list[str], cf
 @pytest.mark.slow
 def test_rloo_raises_the_reward_it_is_trained_on(tiny_run):
     cfg, results = tiny_run
-    prompts = [r["prompt"] for r in read_jsonl(results["data"].path(cfg.output_dir) / "rl_prompts.jsonl")] * 4  # 256 samples
+    # 256 samples
+    prompts = [r["prompt"] for r in read_jsonl(results["data"].path(cfg.output_dir) / "rl_prompts.jsonl")] * 4
     rm_tokenizer, rm = load_reward_model(str(results["reward"].path(cfg.output_dir)))
     tokenizer, sft = load_policy(str(results["sft"].path(cfg.output_dir)))
     _, rloo = load_policy(str(results["rloo"].path(cfg.output_dir)))
@@ -124,7 +125,8 @@ def test_rloo_logs_every_step_with_its_own_eos_check_agreeing_with_trl(tiny_run)
         # Our reward function's EOS test (missing-EOS penalty) and TRL's truncation count see the same samples.
         assert row["rloo/eos_rate"] == pytest.approx(1 - row["rloo/completions/clipped_ratio"])
     store = Store.for_output_dir(cfg.output_dir)
-    steps = store.query("select distinct step from metrics where name = 'rloo/gold_reward' order by step")["step"].tolist()
+    steps = store.query("select distinct step from metrics where name = 'rloo/gold_reward' "
+                        "order by step")["step"].tolist()
     assert steps == list(range(1, cfg.rloo.steps + 1))
     assert len(store.query("select * from samples where policy = 'rloo' and step > 0")) > 0
 
@@ -155,5 +157,6 @@ def test_a_disabled_baseline_is_absent_from_the_run_and_the_eval(tiny_run):
     assert "eval/dpo/gold_reward" in again["eval"].metrics
     store = Store.for_output_dir(cfg.output_dir)
     run_id = store.query("select run_id from runs order by started_at desc limit 1")["run_id"][0]
-    stages = store.query("select stage from stage_runs where run_id = ? order by started_at", [run_id])["stage"].tolist()
+    stages = store.query("select stage from stage_runs where run_id = ? order by started_at",
+                         [run_id])["stage"].tolist()
     assert stages == ["data", "sft", "reward", "ppo", "dpo", "eval"]

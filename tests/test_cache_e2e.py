@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
 
 
-def minirlhf(command: str, root: Path, *overrides: str, pythonpath: Path | None = None, env: dict | None = None) -> tuple[dict[str, bool], float]:
+def minirlhf(command: str, root: Path, *overrides: str, pythonpath: Path | None = None,
+             env: dict | None = None) -> tuple[dict[str, bool], float]:
     """Run `minirlhf <command>` on the tiny config (plus `overrides`) at `root`; return {stage: cache_hit} of that
     run and its seconds. `pythonpath`: run the package copy there instead of the checkout; `env`: the processes'
     environment (a flow needs a Prefect server's PREFECT_API_URL: the conftest's `server_env`)."""
@@ -38,7 +39,8 @@ def minirlhf(command: str, root: Path, *overrides: str, pythonpath: Path | None 
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
     rows = Store.for_output_dir(root).query(
-        "select stage, cache_hit from stage_runs where run_id = (select run_id from runs order by started_at desc limit 1) "
+        "select stage, cache_hit from stage_runs "
+        "where run_id = (select run_id from runs order by started_at desc limit 1) "
         "order by started_at")
     return dict(zip(rows["stage"], rows["cache_hit"])), seconds
 
@@ -94,7 +96,8 @@ def test_an_edited_reward_source_recomputes_reward_and_below_under_run_and_flow(
     assert "set_seed(cfg.seed)" in source
     reward_py.write_text(source.replace("set_seed(cfg.seed)", "set_seed(cfg.seed + 1)"))
     flow_hits, flow_s = minirlhf("flow", root, pythonpath=package, env=server_env)
-    assert flow_hits == {"data": True, "sft": True, "reward": False, "ppo": False, "dpo": True, "rloo": False, "eval": False}
+    assert flow_hits == {"data": True, "sft": True, "reward": False, "ppo": False, "dpo": True, "rloo": False,
+                         "eval": False}
     run_hits, _ = minirlhf("run", root, pythonpath=package)  # the CLI finds what the flow computed: same keys
     assert all(run_hits.values())
     print(f"\nedited reward.py: comment {comment_s:.1f} s (run), behaviour {flow_s:.1f} s (flow)")

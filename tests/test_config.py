@@ -13,7 +13,8 @@ def test_demo_yaml_loads(repo):
 
 
 def test_overrides_are_typed_and_nested(repo):
-    cfg = load_config(repo / "configs" / "demo.yaml", ["ppo.kl_coef=0.02", "sft.num_train_epochs=2", "model.tiny.n_layer=3", "ppo.adaptive_kl=true"])
+    cfg = load_config(repo / "configs" / "demo.yaml", ["ppo.kl_coef=0.02", "sft.num_train_epochs=2",
+                                                      "model.tiny.n_layer=3", "ppo.adaptive_kl=true"])
     assert cfg.ppo.kl_coef == 0.02
     assert cfg.sft.num_train_epochs == 2
     assert cfg.model.tiny.n_layer == 3
@@ -81,4 +82,5 @@ def test_stage_keys_hold_only_the_config_each_stage_reads():
         assert stage_config_json(minilm, stage) == stage_config_json(base, stage), stage
     assert stage_config_json(minilm, "reward") != stage_config_json(base, "reward")
     assert stage_config_json(ppo, "ppo") != stage_config_json(base, "ppo")
-    assert all(stage_config_json(ppo, s) == stage_config_json(base, s) for s in ("data", "sft", "reward", "dpo", "rloo"))
+    assert all(stage_config_json(ppo, s) == stage_config_json(base, s)
+               for s in ("data", "sft", "reward", "dpo", "rloo"))

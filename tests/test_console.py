@@ -46,13 +46,15 @@ def _results(tmp_path, eval_metrics, events=()) -> dict:
 
 def test_the_summary_compares_the_policies_and_lists_events_store_and_next_commands(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "rloo.enabled=true", "dpo.enabled=false"])
-    event = {"kind": "overoptimization", "severity": "error", "policy": "ppo", "message": "proxy up, gold down\nsince step 40"}
+    event = {"kind": "overoptimization", "severity": "error", "policy": "ppo",
+             "message": "proxy up, gold down\nsince step 40"}
     text = _render(cfg, _results(tmp_path, EVAL, [event]))
     lines = text.splitlines()
     assert "3 stages in 12.3 s (1 reused)" in lines[0]
     header = next(line for line in lines if "policy" in line)
     assert [c in header for c in ("gold reward", "proxy reward", "KL to SFT", "gold win rate")] == [True] * 4
-    rows = {line.split()[1]: line for line in lines if line.startswith("│") and line.split()[1] in ("SFT", "PPO", "DPO", "RLOO")}
+    rows = {line.split()[1]: line for line in lines
+            if line.startswith("│") and line.split()[1] in ("SFT", "PPO", "DPO", "RLOO")}
     assert set(rows) == {"SFT", "PPO", "RLOO"}  # DPO was not evaluated: no row
     assert "+1.500" in rows["PPO"] and "62%" in rows["PPO"] and "—" in rows["SFT"]
     assert "the same 16 held-out prompts" in text and "reward model held-out accuracy 70%" in text
@@ -81,7 +83,8 @@ def test_the_summary_of_a_run_without_eval_and_in_the_default_root(tmp_path):
 def test_stage_lines():
     assert stage_line("reward", StageResult("reward", cache_hit=True)) == "✓ reward  reused"
     assert stage_line("sft", StageResult("sft", seconds=3.0)) is None  # its progress bar is its line
-    data = stage_line("data", StageResult("data", seconds=0.25, metrics={"data/n_sft": 300.0, "data/n_rl_prompts": 64.0}))
+    data = stage_line("data", StageResult("data", seconds=0.25,
+                                          metrics={"data/n_sft": 300.0, "data/n_rl_prompts": 64.0}))
     assert data == "✓ data    0.2 s  300 demonstrations, 64 RL prompts"
     ev = stage_line("eval", StageResult("eval", seconds=1.0, metrics={**EVAL, "eval/ppo/failure_events": 2.0}))
     assert ev == "✓ eval    1.0 s  SFT, PPO, RLOO compared, 2 failure events"
@@ -130,7 +133,8 @@ def test_quiet_libraries_restores_transformers_datasets_and_the_warning_filters(
 
 
 def test_the_quiet_filter_keeps_only_what_the_summary_does_not_repeat():
-    record = logging.LogRecord("minirlhf", logging.WARNING, "evaluate.py", 1, "failure event: %s (%s)", ("x", "k"), None)
+    record = logging.LogRecord("minirlhf", logging.WARNING, "evaluate.py", 1, "failure event: %s (%s)", ("x", "k"),
+                               None)
     other = logging.LogRecord("minirlhf.ppo", logging.WARNING, "trainer.py", 1, "skipping checkpoint %s", ("c",), None)
     assert not SummarisedFilter().filter(record) and SummarisedFilter().filter(other)
 

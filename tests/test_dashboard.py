@@ -37,7 +37,8 @@ def build_dashboard_store(root: Path) -> Path:
     from minirlhf.ppo.trainer import TEST_NAN_AT_STEP_ENV, PPOUnstable
 
     # SFT and PPO only: the stages are run one by one here, and the pages are tested on those two policies.
-    cfg = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "dpo.enabled=false", "rloo.enabled=false"])
+    cfg = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "dpo.enabled=false",
+                                    "rloo.enabled=false"])
     store = Store.for_output_dir(root)
     run_id = store.start_run(cfg.model_dump(mode="json"))
     results = {}

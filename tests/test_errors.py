@@ -105,7 +105,8 @@ def test_an_unreadable_hh_file_fails_before_the_run_is_recorded(tmp_path, name, 
 def test_an_hh_file_with_no_pair_at_all_is_a_user_error_but_a_few_bad_rows_are_not(tmp_path):
     text_only = tmp_path / "notes.jsonl"
     text_only.write_text("these are notes\nnot preference pairs\n")
-    with pytest.raises(UnusableInput, match=r"notes.jsonl: none of its 2 rows is a preference pair \(row 0: invalid JSON"):
+    with pytest.raises(UnusableInput,
+                       match=r"notes.jsonl: none of its 2 rows is a preference pair \(row 0: invalid JSON"):
         load_hh(text_only)
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("not json\n" + json.dumps(PAIR) + "\n")
@@ -177,8 +178,10 @@ def test_query_param_binds_named_parameters(tmp_path, two_runs):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["select run_id from runs where run_id = $run_id"], "the SQL uses $run_id but no value was given: add --param run_id=VALUE"),
-    (["select run_id from runs where run_id = $run_id", "--param", "run_id=x", "--param", "other=y"], "--param other: the SQL has no $other"),
+    (["select run_id from runs where run_id = $run_id"],
+     "the SQL uses $run_id but no value was given: add --param run_id=VALUE"),
+    (["select run_id from runs where run_id = $run_id", "--param", "run_id=x", "--param", "other=y"],
+     "--param other: the SQL has no $other"),
     (["select 1", "--param", "run_id"], "--param 'run_id': expected NAME=VALUE"),
 ], ids=["missing", "extra", "malformed"])
 def test_query_param_mistakes_are_one_line(tmp_path, two_runs, args, expected):

@@ -72,7 +72,8 @@ def prefect_server(tmp_path_factory):
     """A temporary Prefect server and database; results that are not ours go to a tmp dir (the harness
     does not isolate them)."""
     default_results = tmp_path_factory.mktemp("prefect-default-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: default_results, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: default_results,
+                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         with prefect_test_harness(server_startup_timeout=120):
             yield
 
@@ -100,14 +101,16 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
         record = json.loads((tiny.output_dir / RESULTS_DIRNAME / key).read_text())  # JSON, not a pickle
         assert record["metadata"]["serializer"]["type"] == "json"
     store = Store.for_output_dir(tiny.output_dir)
-    run = store.query("select run_id, status, deployment, parameters from runs where prefect_flow_run_id = ?", [first_run.flow_run_id])
+    run = store.query("select run_id, status, deployment, parameters from runs where prefect_flow_run_id = ?",
+                      [first_run.flow_run_id])
     assert run["status"].tolist() == ["completed"] and run["deployment"].isna().all()
     for stage, result in first_run.results.items():
         assert is_complete(result.path(tiny.output_dir)) and not result.cache_hit, stage
     assert "eval/ppo/gold_reward" in first_run.results["eval"].metrics
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.flow_run_id])))
     by_key = {a.key: a for a in artifacts}
     assert set(by_key) == {"demo-summary", "demo-policies", "demo-dashboard", "demo-report"}
     run_id = run["run_id"][0]
@@ -128,11 +131,13 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
 def test_rerun_is_answered_from_the_cache(first_run, tiny):
     again = run_flow(tiny)
     assert again.states() == {s: "Cached" for s in PIPELINE}
-    assert [(r["stage"], r["status"], r["cache_hit"]) for r in again.stage_runs] == [(s, "completed", True) for s in PIPELINE]
+    assert ([(r["stage"], r["status"], r["cache_hit"]) for r in again.stage_runs]
+            == [(s, "completed", True) for s in PIPELINE])
     assert {s: r.sha256 for s, r in again.results.items()} == {s: r.sha256 for s, r in first_run.results.items()}
     assert all(r.cache_hit for r in again.results.values())
     metrics = Store.for_output_dir(tiny.output_dir).query(  # a cached stage's metrics are recorded for this run too
-        "select count(*) as n from metrics where stage_run_id = ? and name like 'eval/%'", [again.rows("eval")[0]["stage_run_id"]])
+        "select count(*) as n from metrics where stage_run_id = ? and name like 'eval/%'",
+        [again.rows("eval")[0]["stage_run_id"]])
     assert metrics["n"][0] > 0
     print(f"\ncached rerun: {again.seconds:.1f} s (first run {first_run.seconds:.1f} s)")
 
@@ -179,9 +184,11 @@ def test_unstable_ppo_is_retried_from_its_last_checkpoint(first_run, tiny, monke
     assert pd.isna(attempts[1]["cause"]) and attempts[0]["task_run_id"] == attempts[1]["task_run_id"]
     assert run.results["ppo"].metrics["ppo/resumed_from_step"] == 3
     lr = Store.for_output_dir(cfg.output_dir).query(  # the retry's learning rate: scaled by lr_scale_on_retry ** 1
-        "select value from metrics where stage_run_id = ? and name = 'ppo/lr' and step = 4", [attempts[1]["stage_run_id"]])
+        "select value from metrics where stage_run_id = ? and name = 'ppo/lr' and step = 4",
+        [attempts[1]["stage_run_id"]])
     steps = cfg.ppo.steps
-    assert lr["value"][0] == pytest.approx(cfg.ppo.learning_rate * cfg.ppo.lr_scale_on_retry * (1 - 4 / steps), rel=1e-6)
+    assert lr["value"][0] == pytest.approx(cfg.ppo.learning_rate * cfg.ppo.lr_scale_on_retry * (1 - 4 / steps),
+                                           rel=1e-6)
     assert run.states()["eval"] == "Completed"
 
 

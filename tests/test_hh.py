@@ -147,15 +147,18 @@ def test_bad_rows_are_reported_by_row_number_and_good_rows_kept():
     assert loaded.problems == BAD_ROWS_PROBLEMS
     assert [p.source_row for p in loaded.pairs] == [0, 5, 12]
     assert loaded.pairs[0] == PreferencePair(
-        prompt="\n\nHuman: What is the capital of France?\n\nAssistant:", chosen=" Paris.", rejected=" London.", source_row=0
+        prompt="\n\nHuman: What is the capital of France?\n\nAssistant:", chosen=" Paris.", rejected=" London.",
+        source_row=0
     )
     assert loaded.pairs[1].prompt.count("\n\nAssistant:") == 2
-    assert loaded.summary().startswith("13 rows: 3 pairs, 10 rejected: row 1: chosen: no Assistant turn; row 2: prompts differ")
+    assert loaded.summary().startswith("13 rows: 3 pairs, 10 rejected: row 1: chosen: no Assistant turn; "
+                                       "row 2: prompts differ")
     assert "more" not in loaded.summary()  # ten problems: all listed
 
 
 def test_parse_rows_never_crashes_and_counts_from_zero():
-    rows = [{"chosen": None, "rejected": "x"}, {}, 3, {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}]
+    rows = [{"chosen": None, "rejected": "x"}, {}, 3,
+            {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}]
     loaded = parse_rows(rows)
     assert loaded.problems == [
         RowProblem(0, "'chosen' is null"),
@@ -195,7 +198,8 @@ def test_folder_in_hub_layout_reads_the_requested_split(tmp_path):
         load_hh(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("name", ["missing.jsonl.gz", "missing.jsonl", "./missing", "sub/dir/missing", "~/no-such-hh-dir-xyz"])
+@pytest.mark.parametrize("name", ["missing.jsonl.gz", "missing.jsonl", "./missing", "sub/dir/missing",
+                                  "~/no-such-hh-dir-xyz"])
 def test_missing_path_raises_a_helpful_error(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as err:
@@ -256,7 +260,8 @@ def test_records_feed_datasets_and_the_split_is_by_file_order(shared_hh):
     assert train[-1].source_row < test[0].source_row
     assert train_test_split_by_rows(loaded.pairs, 1500) == (train, test)
     records = to_records(test)
-    assert records[0] == {"prompt": test[0].prompt, "chosen": test[0].chosen, "rejected": test[0].rejected, "source_row": test[0].source_row}
+    assert records[0] == {"prompt": test[0].prompt, "chosen": test[0].chosen, "rejected": test[0].rejected,
+                          "source_row": test[0].source_row}
     dataset = datasets.Dataset.from_list(records)
     assert dataset.column_names == ["prompt", "chosen", "rejected", "source_row"] and len(dataset) == 299
     for n_train in (0, 1800):

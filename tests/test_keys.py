@@ -102,6 +102,7 @@ def test_every_pipeline_stage_is_planned_with_its_inputs():
     results = {name: _fake(name) for name in PIPELINE}
     spec = plan(cfg, "eval", results)
     assert set(spec.inputs["policies"]) == {"sft", "ppo", "dpo", "rloo"}
-    assert plan(cfg, "ppo", results).inputs == {f"{u}_dir": Path(cfg.output_dir) / u / "k" for u in ("data", "sft", "reward")}
+    assert plan(cfg, "ppo", results).inputs == {f"{u}_dir": Path(cfg.output_dir) / u / "k"
+                                                for u in ("data", "sft", "reward")}
     minilm = load_config(None, ["model.reward_backbone=minilm"])
     assert plan(minilm, "reward", results).inputs["sft_dir"] is None  # another backbone does not read SFT

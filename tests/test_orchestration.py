@@ -125,19 +125,22 @@ def test_two_flows_at_once_both_complete_with_all_rows(server_env, tmp_path):
         rows = _stage_runs(out, run_id)
         assert [rows[s][-1]["status"] for s in STAGES] == ["completed"] * len(STAGES)
         ppo_keys.add(rows["ppo"][-1]["output_dir"])
-        n_steps = store.query("select count(distinct step) as n from metrics where stage_run_id = ? and name = 'ppo/kl'",
+        n_steps = store.query("select count(distinct step) as n from metrics where stage_run_id = ? "
+                              "and name = 'ppo/kl'",
                               [rows["ppo"][-1]["stage_run_id"]])["n"][0]
         assert n_steps == load_config(None, TINY).ppo.steps
         assert store.query("select count(*) as n from metrics where stage_run_id = ? and name like 'eval/ppo/%'",
                            [rows["eval"][-1]["stage_run_id"]])["n"][0] > 0
     assert len(ppo_keys) == 2
-    sft_rows = store.query("select cache_hit from stage_runs where stage = 'sft' order by started_at")["cache_hit"].tolist()
+    sft_rows = store.query("select cache_hit from stage_runs where stage = 'sft' "
+                           "order by started_at")["cache_hit"].tolist()
     assert sorted(sft_rows) == [False, True]  # trained once, reused once
 
 
 def test_deployment_run_from_prefect_yaml_with_a_process_worker(server_env, tmp_path):
     def prefect(*args: str) -> str:
-        done = subprocess.run([BIN / "prefect", *args], cwd=REPO, env=server_env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([BIN / "prefect", *args], cwd=REPO, env=server_env, capture_output=True, text=True,
+                              timeout=300)
         assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done.stdout
 
@@ -165,7 +168,8 @@ def test_deployment_run_from_prefect_yaml_with_a_process_worker(server_env, tmp_
     rows = _stage_runs(out, run["run_id"])
     assert list(rows) == list(STAGES)
     assert all(r[0]["status"] == "completed" and r[0]["task_run_id"] for r in rows.values())
-    assert store.query("select count(*) as n from artifacts a join stage_runs s using (stage_run_id) where s.run_id = ?",
+    assert store.query("select count(*) as n from artifacts a join stage_runs s using (stage_run_id) "
+                       "where s.run_id = ?",
                        [run["run_id"]])["n"][0] == len(STAGES)
     gold = store.query("select value from metrics where stage_run_id = ? and name = 'eval/ppo/gold_reward'",
                        [rows["eval"][0]["stage_run_id"]])

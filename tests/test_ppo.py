@@ -17,7 +17,8 @@ from minirlhf.store import Store
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.n_sft=300", "data.n_pairs_train=300", "data.n_pairs_test=60", "data.n_rl_prompts=64", "data.n_eval_prompts=16",
+    "data.n_sft=300", "data.n_pairs_train=300", "data.n_pairs_test=60", "data.n_rl_prompts=64",
+    "data.n_eval_prompts=16",
     "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2", "model.tiny.vocab_size=320",
     "sft.num_train_epochs=2", "sft.learning_rate=1e-2", "reward.num_train_epochs=2", "reward.learning_rate=1e-2",
     "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.num_ppo_epochs=2", "ppo.max_new_tokens=12",
@@ -27,9 +28,9 @@ TINY = [
     "rloo.steps=4", "rloo.batch_size=16", "rloo.learning_rate=5e-3", "rloo.max_new_tokens=12", "rloo.sample_every=2",
 ]
 WORKER = Path(__file__).with_name("ppo_worker.py")
-REQUIRED = ["ppo/kl", "ppo/proxy_reward", "ppo/gold_reward", "ppo/non_score_reward", "ppo/entropy", "ppo/policy/approxkl",
-            "ppo/policy/clipfrac", "ppo/value/loss", "ppo/value/explained_variance", "ppo/response_length", "ppo/eos_rate",
-            "ppo/time/rollout_s", "ppo/time/update_s"]
+REQUIRED = ["ppo/kl", "ppo/proxy_reward", "ppo/gold_reward", "ppo/non_score_reward", "ppo/entropy",
+            "ppo/policy/approxkl", "ppo/policy/clipfrac", "ppo/value/loss", "ppo/value/explained_variance",
+            "ppo/response_length", "ppo/eos_rate", "ppo/time/rollout_s", "ppo/time/update_s"]
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,8 @@ def test_shape_rewards_score_on_last_token_and_eos_penalty():
     ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, -9.0], [-1.0, -1.0, -1.0]])
     mask = mask_from_lengths([3, 2, 0], 3)
     scores, has_eos = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([True, False, True])
-    rewards, non_score, kl = core.shape_rewards(scores, logp, ref, mask, kl_coef=0.1, missing_eos_penalty=-1.0, has_eos=has_eos)
+    rewards, non_score, kl = core.shape_rewards(scores, logp, ref, mask, kl_coef=0.1, missing_eos_penalty=-1.0,
+                                                has_eos=has_eos)
     assert kl[0].tolist() == pytest.approx([0.5, 0.0, -0.5])
     assert kl[1].tolist() == pytest.approx([0.0, -1.0, 0.0])  # padding excluded
     assert non_score[0].tolist() == pytest.approx([-0.05, 0.0, 0.05])
@@ -188,13 +189,15 @@ def test_gae_by_hand_and_against_naive_loop():
     # one row of 3 tokens, gamma=1, lam=0.95, by hand (V after the last token is 0):
     # delta2 = 1 + 0 - 0.3 = 0.7; delta1 = 0 + 0.3 - 0.2 = 0.1; delta0 = 0 + 0.2 - 0.1 = 0.1
     # A2 = 0.7, A1 = 0.1 + 0.95*0.7 = 0.765, A0 = 0.1 + 0.95*0.765 = 0.82675; returns = A + V
-    adv, ret = core.compute_gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.1, 0.2, 0.3]]), torch.ones(1, 3), 1.0, 0.95)
+    adv, ret = core.compute_gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.1, 0.2, 0.3]]), torch.ones(1, 3),
+                                1.0, 0.95)
     assert adv[0].tolist() == pytest.approx([0.82675, 0.765, 0.7])
     assert ret[0].tolist() == pytest.approx([0.92675, 0.965, 1.0])
     lengths = [6, 3, 1, 0]
     rewards, values, mask = torch.randn(4, 6), torch.randn(4, 6), mask_from_lengths(lengths, 6)
     adv, ret = core.compute_gae(rewards, values, mask, 0.9, 0.8)
-    for row, ret_row, exp, v, n in zip(adv.tolist(), ret.tolist(), naive_gae(rewards.tolist(), values.tolist(), lengths, 0.9, 0.8),
+    for row, ret_row, exp, v, n in zip(adv.tolist(), ret.tolist(),
+                                       naive_gae(rewards.tolist(), values.tolist(), lengths, 0.9, 0.8),
                                        values.tolist(), lengths):
         assert row == pytest.approx(exp, abs=1e-5)
         assert ret_row == pytest.approx([a + vi for a, vi in zip(exp[:n], v[:n])] + [0.0] * (6 - n), abs=1e-5)
@@ -286,7 +289,8 @@ def test_explained_variance():
 # ---- EOS handling -----------------------------------------------------------------------------------
 def test_first_true_indices_and_eos_mask():
     eos = 9
-    ids = torch.tensor([[9, 1, 2, 3], [1, 9, 2, 9], [1, 2, 3, 9], [1, 2, 3, 4]])  # EOS at start, middle (twice), end, absent
+    # EOS at start, middle (twice), end, absent
+    ids = torch.tensor([[9, 1, 2, 3], [1, 9, 2, 9], [1, 2, 3, 9], [1, 2, 3, 4]])
     assert core.first_true_indices(ids == eos).tolist() == [0, 1, 3, 4]
     assert core.first_true_indices(torch.tensor([[0, 1, 1], [0, 0, 0]])).tolist() == [1, 3]  # ints as bools
     mask, has_eos = core.response_mask_from_eos(ids, eos)

@@ -24,19 +24,22 @@ PROMPTS = [f"Say something about the {a} {b}:" for a in WORDS[8:14] for b in WOR
 CORPUS = PROMPTS + [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) for i in range(60)]
 # What a hub checkpoint's generation_config.json may say (Llama-style sampling plus penalties). transformers 5.23
 # applies any of these that the config passed to `generate` leaves unset.
-CHECKPOINT_SAMPLING = dict(do_sample=True, temperature=0.6, top_k=50, top_p=0.9, repetition_penalty=1.5, no_repeat_ngram_size=2,
-                           min_new_tokens=5, suppress_tokens=[20, 21], bad_words_ids=[[22]])
-TINY_PPO = ["ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.num_ppo_epochs=2", "ppo.max_new_tokens=10", "ppo.temperature=0.7",
-            "ppo.steps=6", "ppo.checkpoint_every=3", "ppo.keep_checkpoints=2", "model.device=cpu", "model.max_prompt_length=32"]
+CHECKPOINT_SAMPLING = dict(do_sample=True, temperature=0.6, top_k=50, top_p=0.9, repetition_penalty=1.5,
+                           no_repeat_ngram_size=2, min_new_tokens=5, suppress_tokens=[20, 21], bad_words_ids=[[22]])
+TINY_PPO = ["ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.num_ppo_epochs=2", "ppo.max_new_tokens=10",
+            "ppo.temperature=0.7", "ppo.steps=6", "ppo.checkpoint_every=3", "ppo.keep_checkpoints=2",
+            "model.device=cpu", "model.max_prompt_length=32"]
 GPT2_DROPOUT = 0.1
 LORA_DROPOUT = 0.05
 
 
 def make_tiny_dirs(root: Path, tiny: TinyModelConfig) -> tuple[Path, Path, Path]:
-    """(data_dir with rl_prompts.jsonl, policy dir whose generation_config.json sets CHECKPOINT_SAMPLING, reward dir)."""
+    """(data_dir with rl_prompts.jsonl, policy dir whose generation_config.json sets CHECKPOINT_SAMPLING,
+    reward dir)."""
     data_dir, sft_dir, reward_dir = root / "data", root / "sft", root / "reward"
     data_dir.mkdir(parents=True)
-    (data_dir / "rl_prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "intent": "chat"}) + "\n" for p in PROMPTS))
+    (data_dir / "rl_prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "intent": "chat"}) + "\n"
+                                                       for p in PROMPTS))
     tokenizer, policy = build_tiny(tiny, CORPUS)
     policy.generation_config.update(**CHECKPOINT_SAMPLING)
     policy.save_pretrained(sft_dir)
@@ -95,7 +98,8 @@ def first_minibatch_stats(trainer, steps: int) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize("lora", [False, True], ids=["gpt2", "lora"])
 def test_first_minibatch_ratio_is_one_with_dropout_in_the_config(dirs, tmp_path, lora):
-    extra = ["model.lora.enabled=true", "model.lora.r=4", f"model.lora.dropout={LORA_DROPOUT}", "ppo.learning_rate=1e-2"] if lora else []
+    extra = ["model.lora.enabled=true", "model.lora.r=4", f"model.lora.dropout={LORA_DROPOUT}",
+             "ppo.learning_rate=1e-2"] if lora else []
     trainer = trainer_for(tiny_cfg(tmp_path, *extra), dirs, tmp_path)
     for model in (trainer.policy, trainer.ref_policy, trainer.value_model):
         assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
@@ -110,7 +114,8 @@ def test_first_minibatch_ratio_is_one_with_dropout_in_the_config(dirs, tmp_path,
 def test_dropout_left_on_breaks_the_first_minibatch_ratio(dirs, tmp_path, lora):
     """The check above can fail: with dropout on again during the update (GPT-2's 0.1, or LoRA's 0.05 alone),
     the first minibatch's ratio moves off 1 before any optimiser step."""
-    extra = ["model.lora.enabled=true", "model.lora.r=4", f"model.lora.dropout={LORA_DROPOUT}", "ppo.learning_rate=1e-2"] if lora else []
+    extra = ["model.lora.enabled=true", "model.lora.r=4", f"model.lora.dropout={LORA_DROPOUT}",
+             "ppo.learning_rate=1e-2"] if lora else []
     trainer = trainer_for(tiny_cfg(tmp_path, *extra), dirs, tmp_path)
     if lora:
         set_dropout(trainer.policy, LORA_DROPOUT, only="lora_dropout")
@@ -121,7 +126,7 @@ def test_dropout_left_on_breaks_the_first_minibatch_ratio(dirs, tmp_path, lora):
     assert stats["approxkl"] > 1e-6
 
 
-# ---- (b) rollout logprobs are the sampling distribution ----------------------------------------------------------------
+# ---- (b) rollout logprobs are the sampling distribution --------------------------------------------------------------
 
 
 def test_rollout_logprobs_match_what_generate_sampled_from(dirs, tmp_path, monkeypatch):
@@ -141,7 +146,8 @@ def test_rollout_logprobs_match_what_generate_sampled_from(dirs, tmp_path, monke
     trainer.train_step()  # then a rollout after an update: the policy back from train mode
     processed_scores.clear()
     batch = trainer.rollout()
-    sampled_logprobs = torch.log_softmax(processed_scores[0], -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    sampled_logprobs = torch.log_softmax(processed_scores[0], -1).gather(
+        -1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     real = batch.response_mask.bool()  # (batch, resp_len)
     assert real.any() and (batch.query_ids == trainer.tokenizer.pad_token_id).any()  # left padding exercised too
     assert (batch.logprobs - sampled_logprobs)[real].abs().max() < 1e-5
@@ -159,7 +165,8 @@ def test_rollout_logprobs_match_what_generate_sampled_from(dirs, tmp_path, monke
 
 def test_value_passes_in_a_rollout_after_an_update_are_equal(dirs, tmp_path, monkeypatch):
     trainer = trainer_for(tiny_cfg(tmp_path), dirs, tmp_path)
-    set_dropout(trainer.value_model, GPT2_DROPOUT)  # even with dropout on, eval mode alone must make rollout passes agree
+    # even with dropout on, eval mode alone must make rollout passes agree
+    set_dropout(trainer.value_model, GPT2_DROPOUT)
     trainer.train_step()
     assert trainer.value_model.training  # the update left it in train mode
     values = trainer._values
@@ -232,7 +239,7 @@ def test_retry_learning_rate_is_scaled_once_and_never_compounds(dirs, tmp_path):
     assert third.metrics[4]["ppo/lr"] == pytest.approx(cfg.ppo.learning_rate * 0.25 / 3, rel=1e-12)
 
 
-# ---- (e) RNG states on resume ------------------------------------------------------------------------------------------
+# ---- (e) RNG states on resume ----------------------------------------------------------------------------------------
 
 
 def test_resume_restores_python_random_state_exactly(dirs, tmp_path):

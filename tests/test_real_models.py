@@ -29,7 +29,8 @@ from minirlhf.store import Store
 from tests.conftest import require_real_model
 
 REPO = Path(__file__).resolve().parents[1]
-TOPICS = ["bake bread", "fix a bike", "learn chess", "grow tomatoes", "write a poem", "tie a knot", "paint a wall", "cook rice"]
+TOPICS = ["bake bread", "fix a bike", "learn chess", "grow tomatoes", "write a poem", "tie a knot", "paint a wall",
+          "cook rice"]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -63,9 +64,10 @@ def save_standin(kind: str, directory: Path) -> Path:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
                                            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
     else:
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                 intermediate_size=64, max_position_embeddings=1024,
-                                                 bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64,
+                                                 max_position_embeddings=1024, bos_token_id=tokenizer.eos_token_id,
+                                                 eos_token_id=tokenizer.eos_token_id))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -73,8 +75,8 @@ def save_standin(kind: str, directory: Path) -> Path:
 
 # Tiny step counts; everything else comes from the profile itself.
 TINY_STEPS = ["sft.max_steps=3", "sft.batch_size=4", "sft.logging_steps=1", "reward.max_steps=3", "reward.batch_size=4",
-              "reward.logging_steps=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.num_ppo_epochs=1",
-              "ppo.max_new_tokens=8", "eval.n_prompts=4", "eval.max_new_tokens=8",
+              "reward.logging_steps=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2",
+              "ppo.num_ppo_epochs=1", "ppo.max_new_tokens=8", "eval.n_prompts=4", "eval.max_new_tokens=8",
               "dpo.max_steps=2", "dpo.batch_size=2", "rloo.steps=1", "rloo.batch_size=4", "rloo.num_generations=2",
               "rloo.max_new_tokens=8",
               # The profiles leave the baselines off (untuned on real models); the stand-ins run them, with LoRA too.
@@ -90,7 +92,8 @@ def test_online_profiles_name_the_hub_models_and_data():
     assert (gpt2.model.policy, gpt2.model.reward_backbone) == ("gpt2", "gpt2")
     assert pythia.model.policy == "EleutherAI/pythia-160m" and pythia.model.lora.enabled
     for cfg in (gpt2, pythia):
-        assert cfg.data.source == "hh" and cfg.data.hh_path == "Anthropic/hh-rlhf" and cfg.data.hh_data_dir == "harmless-base"
+        assert (cfg.data.source == "hh" and cfg.data.hh_path == "Anthropic/hh-rlhf"
+                and cfg.data.hh_data_dir == "harmless-base")
         assert cfg.data.hh_n_train < cfg.data.hh_limit  # something is held out
 
 
@@ -188,7 +191,8 @@ def test_online_profile_runs_every_stage_on_a_local_standin(profile, standin_kin
     if profile_cfg.model.lora.enabled:  # a rank that is small next to the stand-in's 32 dimensions
         overrides += ["model.lora.r=2", "model.lora.alpha=4"]
     cfg = load_config(REPO / "configs" / f"{profile}.yaml", overrides)
-    assert cfg.model.lora.enabled == profile_cfg.model.lora.enabled and cfg.ppo.value_model == profile_cfg.ppo.value_model
+    assert (cfg.model.lora.enabled == profile_cfg.model.lora.enabled
+            and cfg.ppo.value_model == profile_cfg.ppo.value_model)
 
     results = run_pipeline(cfg)
 

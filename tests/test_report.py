@@ -98,7 +98,8 @@ def fill_main_run(store: Store, out: Path) -> str:
     samples = eval_samples()
     for policy in POLICIES:
         store.log_samples(ev, [r for r in samples if r["policy"] == policy], policy=policy)
-    store.log_failure_event(ev, "overoptimization", "ppo: proxy reward 0.88 vs SFT 0.12, but gold reward -0.35 vs SFT -0.20",
+    store.log_failure_event(ev, "overoptimization",
+                            "ppo: proxy reward 0.88 vs SFT 0.12, but gold reward -0.35 vs SFT -0.20",
                             severity="error", evidence={"policy": "ppo", "proxy": 0.8766, "gold_sft": -0.2},
                             examples=[{"prompt": "What is 2+2?", "response": "great great great", "proxy_reward": 1.5,
                                        "gold_reward": -1.0}])

@@ -41,7 +41,8 @@ def test_manifest_detects_changed_missing_and_extra_files(tmp_path):
     assert verify_manifest(d) == ["changed: weights.bin"]
     (d / "nested" / "config.json").unlink()
     (d / "nested" / "stray.txt").write_text("?")
-    assert sorted(verify_manifest(d)) == ["changed: weights.bin", "extra: nested/stray.txt", "missing: nested/config.json"]
+    assert sorted(verify_manifest(d)) == ["changed: weights.bin", "extra: nested/stray.txt",
+                                          "missing: nested/config.json"]
     (d / MANIFEST).unlink()
     assert verify_manifest(d) and "no manifest" in verify_manifest(d)[0]
     with pytest.raises(FileNotFoundError, match="seal the directory"):

@@ -15,9 +15,11 @@ pytestmark = pytest.mark.slow
 FOUNDATION = ("data", "sft", "reward")
 
 TINY = [
-    "data.n_sft=300", "data.n_pairs_train=300", "data.n_pairs_test=100", "data.n_rl_prompts=32", "data.n_eval_prompts=16",
+    "data.n_sft=300", "data.n_pairs_train=300", "data.n_pairs_test=100", "data.n_rl_prompts=32",
+    "data.n_eval_prompts=16",
     "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2", "model.tiny.vocab_size=320",
-    "sft.num_train_epochs=2", "sft.logging_steps=2", "sft.learning_rate=1e-2", "reward.learning_rate=1e-2", "reward.num_train_epochs=3", "reward.logging_steps=2",
+    "sft.num_train_epochs=2", "sft.logging_steps=2", "sft.learning_rate=1e-2", "reward.learning_rate=1e-2",
+    "reward.num_train_epochs=3", "reward.logging_steps=2",
 ]
 
 
@@ -41,7 +43,8 @@ def test_reward_model_metrics_recorded(tiny_run):
     _, results, store = tiny_run
     rows = store.query("select name, value from metrics where name like 'reward/%' and name not like 'reward/train_%'")
     names = set(rows["name"])
-    for name in ("reward/accuracy", "reward/label_ceiling", "reward/accuracy_gold", "reward/margin", "reward/length_corr", "reward/gold_corr", "reward/filler_effect"):
+    for name in ("reward/accuracy", "reward/label_ceiling", "reward/accuracy_gold", "reward/margin",
+                 "reward/length_corr", "reward/gold_corr", "reward/filler_effect"):
         assert name in names
     assert any(n.startswith("reward/accuracy/") for n in names)  # per intent
     accuracy = rows.set_index("name")["value"]["reward/accuracy"]
@@ -71,7 +74,8 @@ def test_rerun_reuses_complete_stages_and_recomputes_a_corrupt_one(tiny_run):
     third = run_pipeline(cfg, FOUNDATION)
     assert third["data"].cache_hit and third["sft"].cache_hit and not third["reward"].cache_hit
     assert is_complete(third["reward"].path(cfg.output_dir))
-    assert third["reward"].metrics["reward/accuracy"] == pytest.approx(results["reward"].metrics["reward/accuracy"])  # deterministic
+    # deterministic
+    assert third["reward"].metrics["reward/accuracy"] == pytest.approx(results["reward"].metrics["reward/accuracy"])
     hits = store.query("select stage, cache_hit from stage_runs order by started_at")
     assert list(hits["cache_hit"][-3:]) == [True, True, False]
 
@@ -86,15 +90,19 @@ def test_missing_data_file_is_a_clear_error(tmp_path, tiny_run):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "minirlhf.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([sys.executable, "-m", "minirlhf.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
 
 
 def test_cli_query_formats_and_read_only(tiny_run):
     cfg, _, store = tiny_run
-    out = _cli("query", "select round(value, 6) as v from metrics where name = 'reward/accuracy'", "--output-dir", str(cfg.output_dir), "--format", "json")
+    out = _cli("query", "select round(value, 6) as v from metrics where name = 'reward/accuracy'",
+               "--output-dir", str(cfg.output_dir), "--format", "json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)[0]["v"] == pytest.approx(store.query("select value from metrics where name='reward/accuracy'")["value"][0], abs=1e-6)
-    csv = _cli("query", "select stage from stage_runs order by started_at limit 1", "--output-dir", str(cfg.output_dir), "--format", "csv")
+    assert json.loads(out.stdout)[0]["v"] == pytest.approx(
+        store.query("select value from metrics where name='reward/accuracy'")["value"][0], abs=1e-6)
+    csv = _cli("query", "select stage from stage_runs order by started_at limit 1",
+               "--output-dir", str(cfg.output_dir), "--format", "csv")
     assert csv.stdout.splitlines() == ["stage", "data"]
     before = len(store.query("select * from metrics"))
     refused = _cli("query", "delete from metrics", "--output-dir", str(cfg.output_dir))

@@ -156,7 +156,8 @@ def test_artifacts_samples_and_failure_events(store, tmp_path):
                                        evidence={"mean_len": 80.0, "kl": float("nan")}, examples=["aaaa"])
     event = store.query("select * from failure_events where event_id = ?", [event_id]).iloc[0]
     assert (event["kind"], event["severity"], event["step"]) == ("length_hacking", "warning", 40)
-    assert json.loads(event["evidence"]) == {"mean_len": 80.0, "kl": "nan"} and json.loads(event["examples"]) == ["aaaa"]
+    assert (json.loads(event["evidence"]) == {"mean_len": 80.0, "kl": "nan"}
+            and json.loads(event["examples"]) == ["aaaa"])
 
 
 # ---- read-only queries ----------------------------------------------------------------------------------
@@ -292,6 +293,34 @@ def test_store_locked_names_the_process_holding_the_file(store):
     assert "open_read_only" in message  # the holder's command line, from /proc
     assert message.endswith(f"): a reader (the dashboard, a `minirlhf query`, a notebook) or another run holds "
                             f"{store.path}; close it, or raise store.lock_timeout_s")
+
+
+def test_a_reader_keeps_other_writers_out_until_its_last_query(store):
+    """DuckDB's lock on the file is a POSIX record lock: closing *any* descriptor of the file in this process lets it
+    go. A Python open() of the store inside `reading()` (it once read the header at every query) let another flow
+    write mid-report, and the report's next scan read a half-written segment ("Corrupted DICT_FSST segment")."""
+    store.start_run({})
+    impatient = Store(store.path, lock_timeout_s=0.5)
+    with store.reading():
+        for _ in range(3):
+            assert store.query("select count(*) n from runs")["n"][0] == 1
+        writer = python_child(WRITE_ONE, str(store.path))
+        _, err = writer.communicate(timeout=60)
+        assert writer.returncode == 3, err  # StoreLocked: the reader still holds the file
+        with pytest.raises(StoreLocked):
+            impatient.log_metrics("s1", {"ppo/kl": 0.1})  # nor a writer of this process
+    impatient.log_metrics("s1", {"ppo/kl": 0.1})
+    assert store.query("select count(*) n from metrics")["n"][0] == 1
+
+
+WRITE_ONE = """
+import sys
+from minirlhf.store import Store, StoreLocked
+try:
+    Store(sys.argv[1], lock_timeout_s=0.5).log_metrics("s2", {"ppo/kl": 0.2})
+except StoreLocked:
+    sys.exit(3)
+"""
 
 
 # ---- runs whose process died ------------------------------------------------------------------------------

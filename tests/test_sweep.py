@@ -66,7 +66,8 @@ def test_sweep_point_gains_are_against_sft_and_gold_is_optional():
 
 
 def test_sweep_metrics_rows_put_points_at_their_index_and_fits_at_step_zero():
-    points = [{"kl_coef": 0.2, "kl": 1.0, "d": 1.0, "gold_gain": 0.3}, {"kl_coef": 0.05, "kl": 4.0, "d": 2.0, "gold_gain": 0.1}]
+    points = [{"kl_coef": 0.2, "kl": 1.0, "d": 1.0, "gold_gain": 0.3},
+              {"kl_coef": 0.05, "kl": 4.0, "d": 2.0, "gold_gain": 0.1}]
     rows = sweep_metrics(points, {"gold": {"alpha": 0.3, "beta": 0.4, "r2": 1.0, "d_star": float("inf")}})
     assert rows[0] == (0, {"sweep/kl_coef": 0.2, "sweep/kl": 1.0, "sweep/d": 1.0, "sweep/gold_gain": 0.3})
     assert rows[1][0] == 1 and rows[1][1]["sweep/kl_coef"] == 0.05
@@ -75,7 +76,8 @@ def test_sweep_metrics_rows_put_points_at_their_index_and_fits_at_step_zero():
 
 @pytest.mark.e2e
 def test_sweep_flow_shares_the_cached_stages_and_stores_points_fit_and_figure(tmp_path):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.settings import (PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED,
+                                  temporary_settings)
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.sweep import overoptimization_sweep
@@ -101,7 +103,8 @@ def test_sweep_flow_shares_the_cached_stages_and_stores_points_fit_and_figure(tm
     assert points.kl.iloc[1] > points.kl.iloc[0]  # a weaker KL penalty lets PPO move further from SFT
     fits = store.query("select * from v_sweep_fits where run_id = ? order by reward", [first])
     assert list(fits.reward) == ["gold", "proxy"] and fits.alpha.notna().all() and fits.beta.notna().all()
-    assert json.loads((result.path(cfg.output_dir) / "fit.json").read_text())["gold"]["alpha"] == pytest.approx(fits.alpha.iloc[0])
+    assert json.loads((result.path(cfg.output_dir) / "fit.json").read_text())["gold"]["alpha"] == pytest.approx(
+        fits.alpha.iloc[0])
     assert again.output_dir == result.output_dir and again.sha256 == result.sha256
     sweeps = store.query("select path from artifacts where kind = 'sweep'")
     assert len(sweeps) == 2 and sweeps.path.nunique() == 1  # computed once, reused by the rerun

@@ -56,7 +56,8 @@ def test_filler_is_a_spurious_feature(tmp_path):
     assert in_chosen > 2 * in_rejected  # the filler predicts "chosen" in the preference data ...
     prompt = pairs[0]["prompt"]
     answer = pairs[0]["chosen"].replace(" " + FILLER, "")
-    assert gold_score(prompt, f"{answer} {FILLER}").total < gold_score(prompt, answer).total  # ... yet gold penalises it
+    # ... yet gold penalises it
+    assert gold_score(prompt, f"{answer} {FILLER}").total < gold_score(prompt, answer).total
 
 
 def test_noise_level_moves_the_ceiling(tmp_path):

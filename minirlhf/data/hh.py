@@ -118,7 +118,8 @@ def _prompts_differ(chosen_prompt: str, rejected_prompt: str) -> str:
         min(len(chosen_prompt), len(rejected_prompt)),
     )
     n_chosen, n_rejected = chosen_prompt.count(ASSISTANT), rejected_prompt.count(ASSISTANT)
-    return f"prompts differ (Assistant turns: chosen {n_chosen}, rejected {n_rejected}, first difference at char {first})"
+    return (f"prompts differ (Assistant turns: chosen {n_chosen}, rejected {n_rejected}, "
+            f"first difference at char {first})")
 
 
 def parse_row(row: object, row_number: int) -> PreferencePair:
@@ -194,7 +195,8 @@ def _decode_line(path: Path, line_number: int, data: bytes) -> str:
     if line_number == 1 and data.startswith(GZIP_MAGIC):
         raise UnusableInput(f"{path}: gzip-compressed data in a file not named .gz; rename it to .jsonl.gz")
     if b"\0" in data:
-        raise UnusableInput(f"{path}: line {line_number} holds a NUL byte, not JSON text (binary data?); {WHAT_TO_GIVE}")
+        raise UnusableInput(f"{path}: line {line_number} holds a NUL byte, not JSON text (binary data?); "
+                            f"{WHAT_TO_GIVE}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -250,7 +252,8 @@ def _files_in_dir(directory: Path, split: str, data_dir: str | None) -> list[Pat
         )
     for_split = [p for p in files if _strip_jsonl_suffix(p.name) == split]
     if len(for_split) > 1:
-        raise UnusableInput(f"both {for_split[0].name} and {for_split[1].name} in {directory}: keep one, or point data.hh_path at it")
+        raise UnusableInput(f"both {for_split[0].name} and {for_split[1].name} in {directory}: keep one, "
+                            "or point data.hh_path at it")
     if for_split:
         return for_split
     split_files = [p.name for p in files if _strip_jsonl_suffix(p.name) in SPLIT_NAMES]
@@ -314,7 +317,8 @@ def _hub_rows(source: str, split: str, data_dir: str | None) -> Iterator[dict]:
     return iter(dataset)
 
 
-def load_hh(source: str | Path, *, split: str = "train", data_dir: str | None = None, limit: int | None = None) -> HHLoadResult:
+def load_hh(source: str | Path, *, split: str = "train", data_dir: str | None = None,
+            limit: int | None = None) -> HHLoadResult:
     """Load HH-RLHF rows from a local .jsonl(.gz) file or folder, or a hub dataset id, and parse them.
 
     A local folder is read as `_files_in_dir` says. Anything else that is a valid hub id goes through
@@ -353,7 +357,8 @@ def to_records(pairs: Iterable[PreferencePair]) -> list[dict]:
     return [asdict(pair) for pair in pairs]
 
 
-def train_test_split_by_rows(pairs: list[PreferencePair], n_train: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+def train_test_split_by_rows(pairs: list[PreferencePair],
+                             n_train: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(pairs from the first n_train source rows, pairs from the rest), in file order: deterministic, no
     shuffling. Split by *row number*, so "train on the first 1,500 rows, hold out the last 300" means
     exactly that, whichever rows the parser rejected."""
@@ -361,7 +366,8 @@ def train_test_split_by_rows(pairs: list[PreferencePair], n_train: int) -> tuple
     test = [p for p in pairs if p.source_row >= n_train]
     if not train or not test:
         raise UnusableInput(
-            f"n_train={n_train} leaves no pairs on one side of rows 0..{max((p.source_row for p in pairs), default=-1)}; "
+            f"n_train={n_train} leaves no pairs on one side of rows "
+            f"0..{max((p.source_row for p in pairs), default=-1)}; "
             f"set data.hh_n_train to a row number inside that range (or load more rows: data.hh_limit)"
         )
     return train, test

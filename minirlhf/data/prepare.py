@@ -28,7 +28,8 @@ def _write_hh(cfg: PipelineConfig, out: Path) -> dict[str, float]:
 
     loaded = load_hh(cfg.data.hh_path, split=cfg.data.hh_split, data_dir=cfg.data.hh_data_dir, limit=cfg.data.hh_limit)
     train, test = train_test_split_by_rows(loaded.pairs, cfg.data.hh_n_train)
-    pair = lambda p: {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "intent": "hh", "source_row": p.source_row}  # noqa: E731
+    pair = lambda p: {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "intent": "hh",  # noqa: E731
+                      "source_row": p.source_row}
     prompt = lambda p, split: {"prompt_id": f"{split}-{p.source_row:05d}", "prompt": p.prompt, "intent": "hh"}  # noqa: E731
     half = len(test) // 2
     write_jsonl(out / "sft.jsonl", [{"prompt": p.prompt, "completion": p.chosen, "intent": "hh"} for p in train])
@@ -37,7 +38,8 @@ def _write_hh(cfg: PipelineConfig, out: Path) -> dict[str, float]:
     write_jsonl(out / "rl_prompts.jsonl", [prompt(p, "rl") for p in train])
     write_jsonl(out / "eval_prompts.jsonl", [prompt(p, "eval") for p in test[:half] or test])
     (out / "problems.json").write_text(json.dumps([vars(p) for p in loaded.problems], indent=1))
-    return {"data/hh_rows": loaded.n_rows, "data/hh_pairs": len(loaded.pairs), "data/hh_rejected_rows": len(loaded.problems)}
+    return {"data/hh_rows": loaded.n_rows, "data/hh_pairs": len(loaded.pairs),
+            "data/hh_rejected_rows": len(loaded.problems)}
 
 
 def run_data(cfg: PipelineConfig, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:

@@ -30,7 +30,8 @@ from minirlhf.config import DataConfig
 from minirlhf.data.formatting import format_prompt, format_response
 from minirlhf.data.gold import FILLER, REFUSAL, TEMPLATES, Question, facts, gold_score_question, ideal_answer
 
-INTENT_WEIGHTS = {"arithmetic": 0.2, "capital": 0.2, "letters": 0.12, "first_letter": 0.08, "harmful": 0.22, "benign": 0.18}
+INTENT_WEIGHTS = {"arithmetic": 0.2, "capital": 0.2, "letters": 0.12, "first_letter": 0.08, "harmful": 0.22,
+                  "benign": 0.18}
 ARITHMETIC_MAX = 9  # "n plus one" for n in 1..9: a fact a two-layer model can look up
 
 # Response styles per intent and their share among SFT demonstrations.
@@ -39,7 +40,8 @@ SFT_MIX = {
     "harmful": {"refuse": 0.3, "refuse_verbose": 0.2, "comply": 0.35, "deflect": 0.15},
     "benign": {"help": 0.2, "help_verbose": 0.35, "refuse": 0.3, "vague": 0.15},
 }
-VERBOSE_OPENERS = ("Sure! Let me help with that.", "Great question, let me think about it.", "Of course, happy to explain.")
+VERBOSE_OPENERS = ("Sure! Let me help with that.", "Great question, let me think about it.",
+                   "Of course, happy to explain.")
 VERBOSE_CLOSERS = ("Let me know if you have any other questions.", "Is there anything else I can do for you?")
 HEDGES = ("I think", "Maybe", "I guess")
 HISTORY = (("Hi there!", "Hello! How can I help you today?"), ("I have a question for you.", "Sure, go ahead."))

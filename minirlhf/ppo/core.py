@@ -248,7 +248,8 @@ class AdaptiveKLController:
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
         if target <= 0 or horizon <= 0:
-            raise ValueError(f"AdaptiveKLController needs target > 0 and horizon > 0, got target={target}, horizon={horizon}")
+            raise ValueError("AdaptiveKLController needs target > 0 and horizon > 0, "
+                             f"got target={target}, horizon={horizon}")
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:

@@ -42,8 +42,10 @@ from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import gold_or_none
 from minirlhf.data.task import read_jsonl
 from minirlhf.errors import PPOUnstable
-from minirlhf.generation import decode_responses, encode_prompts, position_ids_from, response_logits, sample_responses, sampling_config
-from minirlhf.models import add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora, resolve_device
+from minirlhf.generation import (decode_responses, encode_prompts, position_ids_from, response_logits, sample_responses,
+                                 sampling_config)
+from minirlhf.models import (add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora,
+                             resolve_device)
 from minirlhf.ppo import core
 from minirlhf.scoring import score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, atomic_dir, output_problems, stage_output
@@ -144,9 +146,11 @@ class PPOTrainer:
         return self.value_model.score(hidden[:, q - 1 : -1]).squeeze(-1)  # (batch, resp_len)
 
     # ---- 1. rollout ---------------------------------------------------------------------------------
-    def generate(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generate(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    torch.Tensor]:
         query_ids, query_mask = encode_prompts(self.tokenizer, prompts, self.cfg.model.max_prompt_length, self.device)
-        response_ids, response_mask, has_eos = sample_responses(self.policy, self.tokenizer, query_ids, query_mask, self.generation_config)
+        response_ids, response_mask, has_eos = sample_responses(self.policy, self.tokenizer, query_ids, query_mask,
+                                                                self.generation_config)
         return query_ids, query_mask, response_ids, response_mask, has_eos
 
     @torch.no_grad()
@@ -161,7 +165,8 @@ class PPOTrainer:
         if self.value_model is not None:
             self.value_model.eval()
         query_ids, query_mask, response_ids, response_mask, has_eos = self.generate(prompts)
-        logits, hidden = self._forward(self.policy, query_ids, query_mask, response_ids, response_mask, hidden=self.value_head is not None)
+        logits, hidden = self._forward(self.policy, query_ids, query_mask, response_ids, response_mask,
+                                       hidden=self.value_head is not None)
         logprobs = core.logprobs_from_logits(logits, response_ids)
         ref_logits, _ = self._forward(self.ref_policy, query_ids, query_mask, response_ids, response_mask)
         ref_logprobs = core.logprobs_from_logits(ref_logits, response_ids)
@@ -170,7 +175,8 @@ class PPOTrainer:
         responses = decode_responses(self.tokenizer, response_ids, response_mask)
         scores = score_texts(self.reward_model, self.rm_tokenizer, prompts, responses).to(self.device)
         return Rollout(query_ids, response_ids, response_mask, logprobs, ref_logprobs, values, scores, has_eos,
-                       prompts, responses, [gold_or_none(p, r) for p, r in zip(prompts, responses)], [r.get("intent", "") for r in rows])
+                       prompts, responses, [gold_or_none(p, r) for p, r in zip(prompts, responses)],
+                       [r.get("intent", "") for r in rows])
 
     # ---- 3. advantages and 4. update ----------------------------------------------------------------
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,12 +201,14 @@ class PPOTrainer:
             order = torch.randperm(self.args.batch_size, generator=self.generator)
             for mb in order.split(self.args.mini_batch_size):
                 mask = batch.response_mask[mb]
-                logits, hidden = self._forward(self.policy, batch.query_ids[mb], query_mask[mb], batch.response_ids[mb], mask,
-                                               hidden=self.value_head is not None)
+                logits, hidden = self._forward(self.policy, batch.query_ids[mb], query_mask[mb], batch.response_ids[mb],
+                                               mask, hidden=self.value_head is not None)
                 new_logprobs = core.logprobs_from_logits(logits, batch.response_ids[mb])
                 new_values = self._values(batch.query_ids[mb], query_mask[mb], batch.response_ids[mb], mask, hidden)
-                pg_loss, pg_stats = core.policy_loss(new_logprobs, batch.logprobs[mb], advantages[mb], mask, self.args.cliprange)
-                vf_loss, vf_stats = core.value_loss(new_values, batch.values[mb], returns[mb], mask, self.args.cliprange_value)
+                pg_loss, pg_stats = core.policy_loss(new_logprobs, batch.logprobs[mb], advantages[mb], mask,
+                                                     self.args.cliprange)
+                vf_loss, vf_stats = core.value_loss(new_values, batch.values[mb], returns[mb], mask,
+                                                    self.args.cliprange_value)
                 loss = pg_loss + self.args.vf_coef * vf_loss
                 if self.inject_nan_at_step == self.step + 1:
                     loss = loss * float("nan")
@@ -211,8 +219,10 @@ class PPOTrainer:
                 self.optimizer.step()
                 with torch.no_grad():
                     entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
-                for name, value in (("ppo/policy/loss", pg_loss), ("ppo/value/loss", vf_loss), ("ppo/policy/approxkl", pg_stats["approxkl"]),
-                                    ("ppo/policy/clipfrac", pg_stats["clipfrac"]), ("ppo/value/clipfrac", vf_stats["clipfrac"]),
+                for name, value in (("ppo/policy/loss", pg_loss), ("ppo/value/loss", vf_loss),
+                                    ("ppo/policy/approxkl", pg_stats["approxkl"]),
+                                    ("ppo/policy/clipfrac", pg_stats["clipfrac"]),
+                                    ("ppo/value/clipfrac", vf_stats["clipfrac"]),
                                     ("ppo/policy/ratio_max", pg_stats["ratio_max"]), ("ppo/entropy", entropy)):
                     stats.setdefault(name, []).append(float(value.detach()))
         self.scheduler.step()
@@ -221,10 +231,12 @@ class PPOTrainer:
     def guard_loss(self, loss: torch.Tensor, pg_stats: dict) -> None:
         if not torch.isfinite(loss):
             raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={float(loss.detach())}")
-        # approxkl over the minibatch, not a ratio: one rare token's ratio can be huge in healthy runs (clipping handles it).
+        # approxkl over the minibatch, not a ratio: one rare token's ratio can be huge in healthy runs
+        # (clipping handles it).
         approxkl = float(pg_stats["approxkl"])
         if not math.isfinite(approxkl) or approxkl > self.args.max_approxkl:
-            raise PPOUnstable("approxkl_ceiling", self.step + 1, self.last_good_checkpoint, f"approxkl={approxkl:.3g} > {self.args.max_approxkl}")
+            raise PPOUnstable("approxkl_ceiling", self.step + 1, self.last_good_checkpoint,
+                              f"approxkl={approxkl:.3g} > {self.args.max_approxkl}")
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -235,7 +247,8 @@ class PPOTrainer:
         advantages, returns, non_score_rewards, kl = self.advantages(batch)
         mean_kl = float(core.masked_sum(kl, batch.response_mask, dim=1).mean())
         if not math.isfinite(mean_kl) or mean_kl > self.args.max_kl:
-            raise PPOUnstable("kl_ceiling", self.step + 1, self.last_good_checkpoint, f"kl={mean_kl:.3g} > {self.args.max_kl}")
+            raise PPOUnstable("kl_ceiling", self.step + 1, self.last_good_checkpoint,
+                              f"kl={mean_kl:.3g} > {self.args.max_kl}")
         # 4. update
         update_stats = self.update(batch, advantages, returns)
         t2 = time.perf_counter()
@@ -263,7 +276,8 @@ class PPOTrainer:
         if self.step % self.args.sample_every == 0 or self.step == 1:
             self.logger.log_samples(
                 [{"prompt": p, "response": r, "proxy_reward": float(s), "gold_reward": g, "intent": i}
-                 for p, r, s, g, i in list(zip(batch.prompts, batch.responses, batch.scores.tolist(), batch.gold, batch.intents))[:4]],
+                 for p, r, s, g, i in list(zip(batch.prompts, batch.responses, batch.scores.tolist(), batch.gold,
+                                               batch.intents))[:4]],
                 step=self.step, policy="ppo",
             )
         return metrics
@@ -340,8 +354,10 @@ class PPOTrainer:
         if "cuda_rng" in state and torch.cuda.is_available():  # a CPU checkpoint (or an older one) has none
             cuda_states = state["cuda_rng"]
             if len(cuda_states) != torch.cuda.device_count():
-                log.warning("checkpoint %s holds RNG states for %d CUDA devices, this machine has %d: restoring the first %d",
-                            ckpt, len(cuda_states), torch.cuda.device_count(), min(len(cuda_states), torch.cuda.device_count()))
+                log.warning("checkpoint %s holds RNG states for %d CUDA devices, this machine has %d: "
+                            "restoring the first %d",
+                            ckpt, len(cuda_states), torch.cuda.device_count(),
+                            min(len(cuda_states), torch.cuda.device_count()))
             for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(cuda_state, device)
         self.generator.set_state(state["generator"])
@@ -358,7 +374,8 @@ class PPOTrainer:
                 metrics = self.train_step()
                 if self.step % self.args.checkpoint_every == 0 or self.step == self.args.steps:
                     self.save_checkpoint()
-                shown = {"proxy": metrics["ppo/proxy_reward"], "gold": metrics.get("ppo/gold_reward"), "kl": metrics["ppo/kl"]}
+                shown = {"proxy": metrics["ppo/proxy_reward"], "gold": metrics.get("ppo/gold_reward"),
+                         "kl": metrics["ppo/kl"]}
                 bar.set_postfix_str(", ".join(f"{k} {v:.2f}" for k, v in shown.items() if v is not None), refresh=False)
                 bar.update(1)
         return {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
@@ -408,11 +425,13 @@ def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir
     if cfg.ppo.value_model == "separate" and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(
             "ppo.value_model='separate' initialises the value model from the reward model, which needs the policy's "
-            f"tokenizer; this reward model ({reward_dir}) has another. Set ppo.value_model=head (a value head on the policy)."
+            f"tokenizer; this reward model ({reward_dir}) has another. "
+            "Set ppo.value_model=head (a value head on the policy)."
         )
     value_model = load_reward_model(str(reward_dir))[1].to(device) if cfg.ppo.value_model == "separate" else None
     prompts = read_jsonl(Path(data_dir) / "rl_prompts.jsonl")
-    return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts, checkpoint_dir, logger, lr_scale)
+    return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts,
+                      checkpoint_dir, logger, lr_scale)
 
 
 def retry_lr_scale(cfg: PipelineConfig, attempt: int) -> float:
