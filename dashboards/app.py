@@ -6,8 +6,9 @@ Usage:
     MINIRLHF_DB=artifacts/rlhf.duckdb streamlit run dashboards/app.py   # the same, by hand
 
 Links: http://localhost:8501/?page=<page>&run=<run_id>, page one of runs, curves, reward, comparison, samples,
-failures, sweep (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/, also runnable
-as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_* views (minirlhf/store.py).
+failures, sweep, hacking (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/,
+also runnable as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_* views
+(minirlhf/store.py).
 
 The store is opened read-only, one short-lived connection per query, so a pipeline can keep writing. While a writer
 holds DuckDB's lock the store retries with backoff for MINIRLHF_DASHBOARD_LOCK_TIMEOUT_S seconds (default 10), then
@@ -30,7 +31,8 @@ from minirlhf.store import Store, StoreLocked
 QUERIES = Path(__file__).resolve().parent / "queries"
 DEFAULT_DB = "artifacts/rlhf.duckdb"
 PAGES = {"runs": "Runs", "curves": "Training curves", "reward": "Reward model", "comparison": "Policy comparison",
-         "samples": "Samples", "failures": "Failure events", "sweep": "Over-optimisation sweep"}
+         "samples": "Samples", "failures": "Failure events", "sweep": "Over-optimisation sweep",
+         "hacking": "Reward hacking without gold"}
 
 
 # ---- reading the store -----------------------------------------------------------------------------------
@@ -262,8 +264,39 @@ def page_sweep() -> None:
     st.dataframe(points.drop(columns=["run_id", "started_at"]), hide_index=True)
 
 
+def page_hacking() -> None:
+    calibration = load("detector_calibration")
+    if calibration.empty:
+        st.info("No reward-hacking calibration recorded yet: run `minirlhf calibrate --config configs/calibration.yaml`"
+                " (PPO at kl_coef x seed, watched by the gold-free signals, with and without the defence).")
+        return
+    run_id = pick_run(newest_first(calibration), label="Calibration run")
+    calibration = calibration[calibration["run_id"] == run_id]
+    st.caption("Each detector's threshold was chosen on the training seeds; recall (hacked runs it fired on), false "
+               "alarms (healthy runs it fired on) and median lead (gold-onset step - fire step; >= 0 is early) are "
+               "measured on the other seeds. 'combined' is the warning: that many signals over their thresholds "
+               "together. The gold onset: docs/REWARD_HACKING.md.")
+    st.dataframe(calibration.drop(columns=["run_id", "started_at"]), hide_index=True)
+    defence = load("defence")
+    defence = defence[defence["run_id"] == run_id]
+    if not defence.empty:
+        st.subheader("Defence on against off")
+        bars = alt.Chart(defence).mark_line(point=True).encode(
+            x=alt.X("kl_coef:Q", scale=alt.Scale(type="log"), title="kl_coef"),
+            y=alt.Y("gold:Q", title="gold reward of the final policy (mean over seeds)"),
+            color=alt.Color("defended:N", title="defence"),
+            tooltip=["defended", "kl_coef", "gold", "gold_ci", "proxy", "kl", "n_seeds"])
+        bands = alt.Chart(defence.assign(lo=defence["gold"] - defence["gold_ci"],
+                                         hi=defence["gold"] + defence["gold_ci"])).mark_errorbar().encode(
+            x="kl_coef:Q", y="lo:Q", y2="hi:Q", color="defended:N")
+        sft = alt.Chart(defence.head(1)).mark_rule(strokeDash=[4, 4], color="grey").encode(y="sft_gold:Q")
+        st.altair_chart(alt.layer(bars, bands, sft).properties(height=340), use_container_width=True)
+        st.dataframe(defence.drop(columns=["run_id", "started_at"]), hide_index=True)
+
+
 RENDER = {"runs": page_runs, "curves": page_curves, "reward": page_reward, "comparison": page_comparison,
-          "samples": page_samples, "failures": page_failures, "sweep": page_sweep}
+          "samples": page_samples, "failures": page_failures, "sweep": page_sweep,
+          "hacking": page_hacking}
 
 
 def main() -> None:

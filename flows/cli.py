@@ -3,6 +3,7 @@
 Usage:
     minirlhf flow [--config configs/demo.yaml] [--set ppo.kl_coef=0.1]   # the pipeline as a Prefect flow
     minirlhf sweep [--config ...] [--kl-coefs 0.5,0.2,0.1,0.05]           # the over-optimisation sweep flow
+    minirlhf calibrate --config configs/calibration.yaml                  # the reward-hacking calibration flow
     minirlhf serve [--config ...] [--cron "0 3 * * *"]                   # a deployment served by this process
     minirlhf run | query | report | ...                                    # see `minirlhf --help`
     minirlhf flow --verbose     # every library warning and bar, Prefect's INFO lines (default: the UI's logs only)
@@ -142,6 +143,48 @@ def sweep(
     console.print(f"figure: {result.path(cfg.output_dir)}/overoptimization.png", markup=False)
     report = next_commands(cfg, None)[1][0]
     console.print(f"next: {report}  # the report, with the sweep's figure and fits", markup=False, soft_wrap=True)
+
+
+@app.command()
+def calibrate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    kl_coefs: Annotated[str, typer.Option(help="comma-separated ppo.kl_coef values")] = "0.5,0.2,0.1,0.05,0.02,0.01",
+    seeds: Annotated[str, typer.Option(help="comma-separated ppo.seed values, one PPO run per kl_coef each")] = "1,2,3",
+    train_seeds: Annotated[str, typer.Option(help="the seeds thresholds are chosen on, the rest score them "
+                                             "(default: leave one seed out)")] = "",
+    defence: Annotated[bool, typer.Option(help="also run every point with the defence on")] = True,
+    verbose: VerboseOpt = False,
+    ephemeral: EphemeralOpt = False,
+) -> None:
+    """The reward-hacking calibration (Prefect flow `hacking-calibration`): PPO at kl_coef x seed watched by the
+    gold-free signals; thresholds chosen on some seeds (leave-one-seed-out), recall / false alarms / lead against
+    the gold onset on the other seeds; the defence (conservative ensemble reward + rollback) against none."""
+    try:
+        coefs, seed_list, train = ([float(c) for c in kl_coefs.split(",") if c.strip()],
+                                   [int(x) for x in seeds.split(",") if x.strip()],
+                                   [int(x) for x in train_seeds.split(",") if x.strip()])
+    except ValueError:
+        raise UserError("--kl-coefs, --seeds and --train-seeds are comma-separated numbers, "
+                        "e.g. --seeds 1,2,3") from None
+    cfg = _load(config, set_)
+    check_before_run(cfg)
+    quiet_prefect_console(verbose)
+    choose_server(ephemeral)
+    from flows.calibration import calibration_markdown, hacking_calibration
+
+    route_library_logs()
+    started = time.perf_counter()
+    state = hacking_calibration(cfg, kl_coefs=coefs, seeds=seed_list, train_seeds=train, defence=defence,
+                                return_state=True)
+    if not state.is_completed():
+        err_console.print(f"[red]calibration flow run {state.state_details.flow_run_id} ended {state.name}:[/red] "
+                          f"{state.message}")
+        raise typer.Exit(1)
+    result = state.result()
+    console.print(f"\n[bold]{cfg.name}[/bold]: calibration in {time.perf_counter() - started:.1f} s")
+    console.print(calibration_markdown(result), markup=False)
+    console.print(f"figure and tables: {result.path(cfg.output_dir)}/", markup=False)
 
 
 @app.command()

@@ -170,6 +170,14 @@ class PPOConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     sample_every: int = Field(10, ge=1, description="steps between sampled responses written to the store")
     lr_scale_on_retry: float = Field(0.5, gt=0, le=1)
+    # The defence against reward hacking (minirlhf.hacking; Coste et al. 2024): optimise a conservative reward from
+    # the ensemble instead of the proxy alone. Needs ensemble.enabled.
+    reward: Literal["proxy", "ensemble_mean_minus_std", "ensemble_min"] = Field(
+        "proxy", description="what PPO maximises: the proxy reward model, or the ensemble's mean - "
+        "uncertainty_coef * spread, or its worst member (scores in the proxy's units)")
+    uncertainty_coef: float = Field(1.0, ge=0, description="lambda of ensemble_mean_minus_std")
+    seed: int | None = Field(None, description="the RL run's own seed (prompt order, sampling, init of the value "
+                             "head); None: the top-level seed. Seeds PPO alone, reusing data, SFT and reward models")
 
     @model_validator(mode="after")
     def _minibatches_divide(self) -> "PPOConfig":
@@ -256,6 +264,55 @@ class DetectConfig(_Section):
     n_examples: int = Field(3, ge=1, description="example responses stored with each event")
 
 
+class EnsembleConfig(_Section):
+    """Reward models beside the proxy (minirlhf.ensemble): the gold-free hacking signals and the conservative
+    reward. Off in the demo (it trains members more reward models); on in configs/demo-ensemble.yaml."""
+
+    enabled: bool = False
+    members: int = Field(4, ge=2, description="reward models in the ensemble, the proxy (reward stage) included")
+    bootstrap: bool = Field(True, description="each further member trains on a bootstrap resample of the pairs, "
+                            "from its own seed (score-head init and data order)")
+    num_train_epochs: float | None = Field(None, gt=0, description="per further member; None: reward's")
+    heldout: bool = Field(True, description="also train a reward model on the held-out pairs (pairs_test), "
+                          "disjoint from the proxy's: the heldout_gap signal")
+
+
+# The gold-free reward-hacking signals, computed by minirlhf.hacking (each documented there).
+SIGNALS = ("ensemble_disagreement", "heldout_gap", "ood_share", "phrase_rise", "kl_acceleration", "entropy_drop",
+           "length_drift", "repetition")
+
+
+class HackingConfig(_Section):
+    """The gold-free early warning during PPO (minirlhf.hacking): signals logged every step as ppo/signal/<name>;
+    the warning fires when `min_signals` of them stay at or above their threshold for `patience` steps."""
+
+    # Calibrated 2026-12-02 (docs/REWARD_HACKING.md): chosen on all 18 runs of `minirlhf calibrate --config
+    # configs/calibration.yaml` (kl_coef 0.5 ... 0.01 x ppo.seed 1-3); leave-one-seed-out, the warning with these
+    # rules found 6 of 6 gold onsets with no false alarm in 12 healthy runs, a median 4 steps after the onset.
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"ood_share": 0.195, "phrase_rise": 0.415, "kl_acceleration": 0.219,
+                                 "repetition": 0.0234},
+        description="signal name -> threshold; names from minirlhf.hacking.SIGNALS")
+    min_signals: int = Field(2, ge=1)
+    patience: int = Field(2, ge=1, description="consecutive steps a signal must stay over its threshold")
+    warmup: int = Field(3, ge=1, description="steps before any signal counts (step 1 is the baseline)")
+    phrase_n: int = Field(3, ge=1, description="n of the n-grams phrase_rise counts")
+    # The truth the warning is calibrated against, where gold exists (minirlhf.hacking.gold_onset).
+    onset_drop: float = Field(0.1, gt=0, description="gold onset: smoothed gold this far below its running max")
+    onset_window: int = Field(5, ge=1, description="gold onset: steps in the moving average of gold and proxy")
+    rollback: bool = Field(False, description="when the warning fires: stop PPO, record a reward_hacking_onset "
+                           "failure event, and output the last checkpoint from before the signals rose")
+
+    @model_validator(mode="after")
+    def _known_signals(self) -> "HackingConfig":
+        unknown = sorted(set(self.thresholds) - set(SIGNALS))
+        if unknown:
+            raise ValueError(f"unknown signal(s) {', '.join(unknown)} in thresholds; choose from {', '.join(SIGNALS)}")
+        if self.min_signals > max(len(self.thresholds), 1):
+            raise ValueError(f"min_signals ({self.min_signals}) exceeds the {len(self.thresholds)} thresholds given")
+        return self
+
+
 class StoreConfig(_Section):
     """The results store (minirlhf/store.py). Not in any stage key: it changes where results are recorded, not them."""
 
@@ -279,7 +336,16 @@ class PipelineConfig(_Section):
     rloo: RLOOConfig = RLOOConfig()
     eval: EvalConfig = EvalConfig()
     detect: DetectConfig = DetectConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    hacking: HackingConfig = HackingConfig()
     store: StoreConfig = StoreConfig()
+
+    @model_validator(mode="after")
+    def _conservative_reward_needs_the_ensemble(self) -> "PipelineConfig":
+        if self.ppo.reward != "proxy" and not self.ensemble.enabled:
+            raise ValueError(f"ppo.reward={self.ppo.reward} needs the reward-model ensemble: set ensemble.enabled=true "
+                             "(or ppo.reward=proxy)")
+        return self
 
     def section_json(self, *sections: str, exclude: dict[str, set[str]] | None = None) -> str:
         """Canonical JSON of some sections (less the `exclude`d fields, {"model": {"reward_backbone"}}): the part

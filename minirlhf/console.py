@@ -115,8 +115,11 @@ def stage_line(name: str, result) -> str | None:
         events = int(sum(v for k, v in m.items() if k.endswith("/failure_events")))
         return (f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s  {', '.join(POLICIES[p] for p in policies)} compared, "
                 f"{events} failure event{'s' if events != 1 else ''}")
-    if name == "sweep":
+    if name in ("sweep", "calibration"):
         return f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s"
+    if name == "ppo" and "ppo/warning_step" in m:  # below its progress bar: why it stopped early
+        return (f"! {name:<{NAME_WIDTH}} reward-hacking warning at step {int(m['ppo/warning_step'])}: stopped, "
+                f"rolled back to step {int(m['ppo/rollback_step'])} (failure event reward_hacking_onset)")
     return None
 
 

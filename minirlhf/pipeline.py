@@ -39,7 +39,8 @@ log = logging.getLogger("minirlhf")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 POLICY_STAGES = ("ppo", "dpo", "rloo")  # what the eval stage compares with SFT, when enabled
-ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep"}  # the others: "checkpoint"
+# The kind of each stage's artifact row; the others: "checkpoint".
+ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Stage:
 
 GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold annotator and the facts it reads
 TRAINING = ("training.py", "models.py", "data/task.py", *GOLD)  # what the TRL stages share (task.py imports gold)
+# PPO and what watches it: the gold-free signals (hacking.py, ppo/monitor.py) and the ensemble (ensemble.py, which
+# trains its members with reward.py's functions).
+WATCHED_PPO = ("ppo/trainer.py", "ppo/monitor.py", "hacking.py", "detect.py", "ensemble.py", "reward.py")
 SAMPLING = ("generation.py", "scoring.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -75,22 +79,35 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("sft", ("model", "sft"), ("data",), "minirlhf.sft:run_sft", ("sft.py", *TRAINING)),
     Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward",
           ("reward.py", "scoring.py", *TRAINING)),
-    Stage("ppo", ("model", "ppo"), ("data", "sft", "reward"), "minirlhf.ppo.trainer:run_ppo",
-          ("ppo/trainer.py", *SAMPLING, *TRAINING), retries=2),
+    # Reward models beside the proxy, for the gold-free hacking signals and the conservative reward (off by default).
+    Stage("ensemble", ("model", "reward", "ensemble"), ("data", "sft", "reward"), "minirlhf.ensemble:run_ensemble",
+          ("ensemble.py", "reward.py", "scoring.py", *TRAINING)),
+    Stage("ppo", ("model", "ppo", "hacking"), ("data", "sft", "reward", "ensemble"), "minirlhf.ppo.trainer:run_ppo",
+          (*WATCHED_PPO, *SAMPLING, *TRAINING), retries=2),
     Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "scoring.py", *TRAINING)),
     Stage("rloo", ("model", "rloo"), ("data", "sft", "reward"), "minirlhf.rloo:run_rloo",
           ("rloo.py", *SAMPLING, *TRAINING)),
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
-          ("evaluate.py", "detect.py", "ppo/trainer.py", *SAMPLING, *TRAINING)),
+          ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
     # The over-optimisation sweep: its upstream are one eval output per kl_coef (plan_sweep), not pipeline stages.
     Stage("sweep", (), (), "minirlhf.sweep:run_sweep", ("sweep.py", "gao.py", "plots.py")),
+    # The reward-hacking calibration: its upstream are the PPO and eval outputs of a kl_coef x ppo.seed sweep, with and
+    # without the defence (plan_calibration).
+    Stage("calibration", (), (), "minirlhf.calibration:run_calibration",
+          ("calibration.py", "hacking.py", "detect.py", "gao.py", "plots.py", *GOLD)),
 )}
-PIPELINE = ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")  # the stages of one run, in order
+PIPELINE = ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "eval")  # the stages of one run, in order
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).
-KEYED_ONLY_BY = {("model", "reward_backbone"): "reward"}
+KEYED_ONLY_BY = {("model", "reward_backbone"): ("reward", "ensemble"),
+                 ("hacking", "onset_drop"): ("calibration",), ("hacking", "onset_window"): ("calibration",)}
+
+
+# The early warning's settings: with hacking.rollback off, PPO computes and logs the signals but the warning stops
+# nothing, so these stay out of its key (a calibration replays any thresholds over the logged signals).
+WARNING_SETTINGS = ("thresholds", "min_signals", "patience", "warmup")
 
 
 # ---- the key -----------------------------------------------------------------------------------------------
@@ -107,12 +124,14 @@ def stage_config_json(cfg: PipelineConfig, name: str, by_content: tuple[str, ...
     """The part of the config a stage's output depends on: its sections and the seed, less the fields only another
     stage reads and the `by_content` fields (paths the key holds by the content digest of what they point at)."""
     exclude: dict[str, set[str]] = {}
-    for (section, fld), owner in KEYED_ONLY_BY.items():
-        if owner != name:
+    for (section, fld), owners in KEYED_ONLY_BY.items():
+        if name not in owners:
             exclude.setdefault(section, set()).add(fld)
     for dotted in by_content:
         section, fld = dotted.split(".", 1)
         exclude.setdefault(section, set()).add(fld)
+    if "hacking" in STAGES[name].sections and not cfg.hacking.rollback:
+        exclude.setdefault("hacking", set()).update(WARNING_SETTINGS)  # watched only: they change nothing trained
     return cfg.section_json(*STAGES[name].sections, exclude=exclude) + f'{{"seed": {cfg.seed}}}'
 
 
@@ -143,7 +162,7 @@ class StageSpec:
 
 
 def is_enabled(cfg: PipelineConfig, name: str) -> bool:
-    """A stage whose config section says `enabled: false` (the DPO and RLOO baselines) is not run."""
+    """A stage whose config section says `enabled: false` (the DPO and RLOO baselines, the ensemble) is not run."""
     return getattr(getattr(cfg, name, None), "enabled", True)
 
 
@@ -156,6 +175,8 @@ def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
     the eval stage does not wait for (or compare) a disabled baseline."""
     if name == "reward" and cfg.model.reward_backbone != "sft":
         return ("data",)
+    if name == "ensemble" and cfg.model.reward_backbone != "sft":
+        return ("data", "reward")
     return tuple(u for u in STAGES[name].upstream if is_enabled(cfg, u))
 
 
@@ -178,6 +199,18 @@ def plan_sweep(cfg: PipelineConfig, evals: dict[float, StageResult]) -> StageSpe
     coefs = sorted(evals, reverse=True)
     key = stage_key("sweep", json.dumps(coefs), [evals[c].sha256 for c in coefs], {})
     return StageSpec("sweep", cfg, key, {"evals": {c: evals[c].path(cfg.output_dir) for c in coefs}})
+
+
+def plan_calibration(cfg: PipelineConfig, points: list[dict], train_seeds: list[int]) -> StageSpec:
+    """The calibration's spec. points: {name, kl_coef, seed, defended, ppo: StageResult, eval: StageResult}; its key
+    covers the points, the training seeds, the hacking settings it reads and every PPO and eval digest."""
+    points = sorted(points, key=lambda p: p["name"])
+    hacking = cfg.hacking.model_dump(mode="json")
+    meta = json.dumps([[p["name"], p["kl_coef"], p["seed"], p["defended"]] for p in points] + [train_seeds, hacking])
+    key = stage_key("calibration", meta, [d for p in points for d in (p["ppo"].sha256, p["eval"].sha256)], {})
+    inputs = [{"name": p["name"], "kl_coef": p["kl_coef"], "seed": p["seed"], "defended": p["defended"],
+               "ppo_dir": p["ppo"].path(cfg.output_dir), "eval_dir": p["eval"].path(cfg.output_dir)} for p in points]
+    return StageSpec("calibration", cfg, key, {"points": inputs, "train_seeds": tuple(train_seeds)})
 
 
 def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...] | None = None) -> list[str]:

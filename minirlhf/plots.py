@@ -194,6 +194,44 @@ def _is_number(value) -> bool:
             and math.isfinite(value))
 
 
+# ---- reward hacking without gold ---------------------------------------------------------------------------
+def plot_calibration(runs: list[dict], thresholds: dict[str, float], path: Path, max_runs: int = 6) -> Path:
+    """One panel per PPO run (held-out seeds first): gold and proxy reward against step (left axis), each
+    gold-free signal over its threshold (right axis; 1 = at threshold), the gold onset (red) and the warning's fire
+    (green). runs: {name, steps, gold, proxy, signals: {name: [...]}, onset, fire}."""
+    shown = runs[:max_runs]
+    cols = min(3, len(shown)) or 1
+    rows = math.ceil(len(shown) / cols) or 1
+    fig = new_figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, run in zip(axes, shown):
+        ax.plot(run["steps"], run["gold"], color="tab:orange", lw=1.5, label="gold")
+        ax.plot(run["steps"], run["proxy"], color="tab:blue", lw=1.5, label="proxy")
+        ax.set_xlabel("PPO step")
+        ax.set_title(run["name"], fontsize=9)
+        right = ax.twinx()
+        for name, values in sorted(run["signals"].items()):
+            t = thresholds.get(name)
+            if t and math.isfinite(t) and t > 0:
+                right.plot(run["steps"], [v / t for v in values], lw=0.8, ls="--", label=f"{name} / threshold")
+        right.axhline(1.0, color="grey", lw=0.6, ls=":")
+        right.set_ylim(bottom=min(0.0, right.get_ylim()[0]))
+        if run.get("onset") is not None:
+            ax.axvline(run["onset"], color="tab:red", lw=1.2, label=f"gold onset {run['onset']}")
+        if run.get("fire") is not None:
+            ax.axvline(run["fire"], color="tab:green", lw=1.2, ls="-.", label=f"warning {run['fire']}")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
+    handles = {}
+    for ax in fig.axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label.split(" ")[0] if label.startswith(("gold onset", "warning")) else label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=4, fontsize=7)
+    fig.suptitle("Gold-free signals against the gold onset (right axis: signal / its threshold)")
+    return _save(fig, path)
+
+
 def new_figure(**kwargs):
     """A matplotlib Figure (object API, no pyplot). matplotlib is imported here, when a figure is drawn: a report
     whose figures are all up to date (report.py redraws only changed data) never loads it."""

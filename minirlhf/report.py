@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -47,6 +48,7 @@ import pandas as pd
 from minirlhf import gao, plots
 from minirlhf.plots import (plot_accuracy_by_intent, plot_policy_rewards, plot_ppo_curves, plot_reward_vs_length,
                             plot_stage_curves, plot_sweep, policy_rank)
+from minirlhf.stage import sha256_file
 from minirlhf.store import Store
 
 REPORT_FILE = "report.md"
@@ -58,6 +60,7 @@ SEVERITY_ORDER = ("critical", "error", "warning", "info")
 # The commands that record each section's data (said in the note of a section the store lacks).
 RUN_HINT = "minirlhf run --config configs/demo.yaml"
 SWEEP_HINT = "minirlhf sweep --config configs/demo.yaml"
+CALIBRATION_HINT = "minirlhf calibrate --config configs/calibration.yaml"
 RM_METRICS = {  # name in the store -> what it measures (minirlhf/reward.py)
     "reward/accuracy": "held-out pairwise accuracy against the (noisy) preference labels",
     "reward/label_ceiling": "how often the noiseless gold choice agrees with those labels: the best accuracy possible",
@@ -181,6 +184,7 @@ def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, swee
             section_training_curves(store, run_id, figures),
             section_policy_comparison(store, run_id, figures),
             section_sweep(store, sweep_run_id, figures),
+            section_hacking(store, figures),
             section_samples(store, run_id, n_samples),
             section_failures(store, run_id),
         ]
@@ -363,6 +367,46 @@ def section_sweep(store: Store, sweep_run_id: str | None, figures: FigureFolder)
     if not any(line.startswith("No failure event") for line in events):
         lines += ["", *events]
     return lines
+
+
+def section_hacking(store: Store, figures: FigureFolder) -> list[Block]:
+    """The gold-free reward-hacking warning calibrated against gold, and the defence (minirlhf/calibration.py)."""
+    lines: list[Block] = ["## Reward hacking without gold", ""]
+    found = _query(store, "calibration")
+    if found.empty:
+        return lines + [_missing("reward-hacking calibration", CALIBRATION_HINT)]
+    cal = found.iloc[0]
+    detectors = _query(store, "detector_calibration", stage_run_id=cal["stage_run_id"])
+    lines += [f"Calibration run `{cal['run_id'][:12]}` (started {cal['started_at']:%Y-%m-%d %H:%M} UTC): PPO at each "
+              "`kl_coef` × `ppo.seed`, watched by gold-free signals. A run's gold onset (docs/REWARD_HACKING.md) is "
+              "the truth; thresholds were chosen on the training seeds and are scored here on the others. Lead = "
+              "onset step − fire step (≥ 0: the warning came no later than the onset).", ""]
+    lines.append(_table(["detector", "threshold", "recall", "hacked runs", "false alarms", "healthy runs",
+                         "median lead"],
+                        [(r["detector"], _num(r["threshold"], 3), _num(r["recall"], 2), _num(r["n_hacked"], 0),
+                          _num(r["false_alarms"], 0), _num(r["n_healthy"], 0), _num(r["median_lead"], 1))
+                         for _, r in detectors.iterrows()]))
+    # the stage's own figure, found beside the store (<output_dir>/calibration/<key>/): a moved root still has it
+    figure = store.path.parent / "calibration" / Path(str(cal["output_dir"])).name / "calibration.png"
+    if figure.is_file():
+        lines += ["", ReportFigure(figures.draw("calibration.png", copy_figure, str(figure), sha256_file(figure)),
+                                   "gold, proxy and the gold-free signals against PPO step", "hacking",
+                                   cal["run_id"])]
+    defence = _query(store, "defence", stage_run_id=cal["stage_run_id"])
+    if not defence.empty:
+        lines += ["", "### The defence: conservative ensemble reward and rollback, on against off", "",
+                  _table(["kl_coef", "defence", "seeds", "gold (± 95% CI)", "proxy (± CI)", "KL (± CI)"],
+                         [(f"{r['kl_coef']:g}", "on" if r["defended"] else "off", _num(r["n_seeds"], 0),
+                           f"{_num(r['gold'])} ± {_num(r['gold_ci'])}", f"{_num(r['proxy'])} ± {_num(r['proxy_ci'])}",
+                           f"{_num(r['kl'])} ± {_num(r['kl_ci'])}") for _, r in defence.iterrows()]),
+                  "", f"SFT's gold reward: {_num(defence['sft_gold'].iloc[0])}."]
+    return lines
+
+
+def copy_figure(source: str, sha256: str, path: Path) -> Path:
+    """A figure a stage drew (the calibration's), copied into the report's figures."""
+    shutil.copyfile(source, path)
+    return path
 
 
 def pick_sweep(store: Store, sweep_run_id: str | None) -> pd.Series | None:

@@ -95,39 +95,63 @@ def _backbone(cfg: PipelineConfig, sft_dir: Path) -> str:
     return str(sft_dir) if cfg.model.reward_backbone == "sft" else cfg.model.reward_backbone
 
 
+def new_reward_model(cfg: PipelineConfig, backbone: str, seed: int):
+    """(tokenizer, model): `backbone` with a new score head initialised from `seed`, whatever ran before."""
+    set_seed(seed)
+    return load_reward_model(backbone, cfg.model.gguf_file)
+
+
+def train_reward_model(cfg: PipelineConfig, model, tokenizer, train: list[dict], out_dir: Path, seed: int,
+                       logger: MetricLogger, history: list[dict], name: str = "reward", epochs: float | None = None):
+    """Train one reward model (Bradley-Terry, TRL's RewardTrainer) on `train` pairs and save it, LoRA merged, to
+    `out_dir`; returns (TrainOutput, trainable parameter count, the trained model). `seed` decides the data order;
+    `epochs` overrides reward.num_train_epochs (the ensemble's members)."""
+    args = RewardConfig(
+        **(trainer_common_args(cfg.reward, seed, out_dir / "trainer")
+           | ({"num_train_epochs": epochs} if epochs is not None else {})),
+        center_rewards_coefficient=cfg.reward.center_rewards_coefficient,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]),
+        processing_class=tokenizer,
+        callbacks=[LogToStore(name + "/train_{}", logger, history)],
+        # LoRA: adapters plus a fully trained score head (peft's SEQ_CLS keeps 'score'/'classifier' trainable)
+        peft_config=lora_config(cfg.model.lora, "SEQ_CLS"),
+    )
+    output, trainable, model = train_and_save(trainer, tokenizer, out_dir)  # LoRA merged: a plain checkpoint
+    shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    return output, trainable, model
+
+
+def chosen_score_stats(model, tokenizer, rows: list[dict], max_length: int) -> dict[str, float]:
+    """Mean, spread and 99th percentile of the scores of `rows`' chosen responses: PPO can normalise rewards with
+    the first two, and a policy sample scored above the third earned what no training answer did
+    (minirlhf.hacking.ood_share)."""
+    scores = score_texts(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                         max_length=max_length)
+    return {"score_mean": float(scores.mean()), "score_std": float(scores.std()),
+            "chosen_p99": float(torch.quantile(scores.float(), 0.99))}
+
+
 def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_dir: Path,
                logger: MetricLogger | None = None) -> StageResult:
     logger = logger or NullLogger()
     started = time.perf_counter()
     data_dir = Path(data_dir)
-    columns = ("prompt", "chosen", "rejected")
     train = read_jsonl(data_dir / "pairs_train.jsonl")
     test = read_jsonl(data_dir / "pairs_test.jsonl")
-    set_seed(cfg.seed)  # the new score head's init: same config, same model, whatever ran before
-    tokenizer, model = load_reward_model(_backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.model.gguf_file)
+    tokenizer, model = new_reward_model(cfg, _backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.seed)
     train, n_truncated, n_dropped = fit_to_length(train, tokenizer, cfg.reward.max_length)
     test, _, n_test_dropped = fit_to_length(test, tokenizer, cfg.reward.max_length)
     result = StageResult("reward", "", "")
     with stage_output(out_dir, result) as tmp:
-        args = RewardConfig(
-            **trainer_common_args(cfg.reward, cfg.seed, tmp / "trainer"),
-            center_rewards_coefficient=cfg.reward.center_rewards_coefficient,
-        )
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
-            processing_class=tokenizer,
-            callbacks=[LogToStore("reward/train_{}", logger, result.history)],
-            # LoRA: adapters plus a fully trained score head (peft's SEQ_CLS keeps 'score'/'classifier' trainable)
-            peft_config=lora_config(cfg.model.lora, "SEQ_CLS"),
-        )
-        output, trainable, model = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
+        output, trainable, model = train_reward_model(cfg, model, tokenizer, train, tmp, cfg.seed, logger,
+                                                      result.history)
         metrics, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
-        # Score statistics on the training responses: PPO can normalise rewards with them.
-        scored = train[: cfg.reward.score_stats_max_pairs]  # None: all of them
-        train_scores = score_texts(model, tokenizer, [r["prompt"] for r in scored], [r["chosen"] for r in scored],
-                                   max_length=cfg.reward.max_length)
+        # Score statistics on the training responses (reward.score_stats_max_pairs of them).
+        stats = chosen_score_stats(model, tokenizer, train[: cfg.reward.score_stats_max_pairs], cfg.reward.max_length)
         metrics |= {
             "reward/train_loss_mean": float(output.training_loss),
             "reward/steps": float(output.global_step),
@@ -135,8 +159,7 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
             "reward/trainable_params": float(trainable),
             "reward/train_pairs_truncated": float(n_truncated),
             "reward/pairs_dropped_too_long": float(n_dropped + n_test_dropped),
-            "reward/score_mean": float(train_scores.mean()),
-            "reward/score_std": float(train_scores.std()),
+            **{f"reward/{k}": v for k, v in stats.items()},
         }
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
@@ -144,5 +167,4 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
         result.metrics = metrics
         with open(tmp / "eval_pairs.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result

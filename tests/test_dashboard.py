@@ -25,7 +25,7 @@ from tests.test_ppo import TINY
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboards" / "app.py"
 QUERIES = sorted((REPO / "dashboards" / "queries").glob("*.sql"))
-PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures", "sweep")
+PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures", "sweep", "hacking")
 NAN_AT_STEP = 5  # TINY checkpoints every 3 steps: the retry resumes from step 3
 _BUILT: dict[str, Path] = {}
 
@@ -328,3 +328,42 @@ def test_sweep_page_draws_gold_and_proxy_against_d_with_the_fit(filled_store, tm
 def test_sweep_page_on_a_store_without_a_sweep_says_how_to_make_one(small_store, monkeypatch):
     at = open_page(small_store.path, "sweep", monkeypatch)
     assert "minirlhf sweep" in at.info[0].value
+
+
+@pytest.mark.slow
+def test_hacking_page_shows_the_calibration_and_the_defence(filled_store, tmp_path, monkeypatch):
+    """A calibration stage recorded (plan_calibration + run_stage, real writes) over the filled store's two PPO runs
+    and their evaluations, labelled as two seeds, watched and defended."""
+    from minirlhf.config import load_config
+    from minirlhf.pipeline import plan_calibration, run_stage
+    from minirlhf.stage import load_output
+
+    rows = Store(filled_store).query(
+        "select s.stage, s.output_dir, r.config from stage_runs s join runs r using (run_id) "
+        "where s.stage in ('ppo', 'eval') and s.status = 'completed' and not s.cache_hit order by s.started_at")
+    outputs = {}
+    for stage, out, config in zip(rows.stage, rows.output_dir, rows.config):
+        outputs.setdefault(json.loads(config)["ppo"]["kl_coef"], {})[stage] = load_output(Path(out))
+    points = [{"name": f"kl{kl}-seed{seed}{'-defended' if defended else ''}", "kl_coef": kl, "seed": seed,
+               "defended": defended, **outputs[kl]}
+              for defended in (False, True) for seed, kl in ((1, 0.2), (2, 0.5))]
+    cfg = load_config(None, [f"output_dir={filled_store.parent}"])
+    store = Store(tmp_path / "rlhf.duckdb")
+    with store.run({"calibration": True}) as run_id:
+        result = run_stage(plan_calibration(cfg, points, []), store, run_id)
+    assert (result.path(cfg.output_dir) / "calibration.png").is_file()
+
+    at = open_page(store.path, "hacking", monkeypatch)
+    detectors = at.dataframe[0].value
+    assert "combined" in set(detectors["detector"]) and "phrase_rise" in set(detectors["detector"])
+    assert (detectors["n_hacked"] + detectors["n_healthy"] == 2).all()  # both runs scored once, out of sample
+    defence = at.dataframe[1].value
+    assert sorted(zip(defence["defended"], defence["kl_coef"])) == [(False, 0.2), (False, 0.5), (True, 0.2),
+                                                                    (True, 0.5)]
+    (spec, data), = charts(at)
+    assert len(spec["layer"]) == 3
+
+
+def test_hacking_page_on_a_store_without_a_calibration_says_how_to_make_one(small_store, monkeypatch):
+    at = open_page(small_store.path, "hacking", monkeypatch)
+    assert "minirlhf calibrate" in at.info[0].value

@@ -212,17 +212,19 @@ def test_prefect_yaml_deployments_match_the_flow():
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep"}
+    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep", "rlhf-calibration"}
     assert [s["cron"] for s in deployments["rlhf-nightly"].get("schedules", [])] == ["0 3 * * *"]
     assert not deployments["rlhf-demo"].get("schedules")
     demo = load_config(REPO / "configs" / "demo.yaml")
-    flows = {"rlhf-demo": "rlhf-pipeline", "rlhf-nightly": "rlhf-pipeline", "rlhf-sweep": "overoptimization-sweep"}
+    calibration = load_config(REPO / "configs" / "calibration.yaml")
+    flows = {"rlhf-demo": "rlhf-pipeline", "rlhf-nightly": "rlhf-pipeline", "rlhf-sweep": "overoptimization-sweep",
+             "rlhf-calibration": "hacking-calibration"}
     for name, d in deployments.items():
         assert d["work_pool"]["name"] == "minirlhf-pool"
         flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
         assert flow.name == flows[name]
         params = flow.validate_parameters(d["parameters"])  # the server validates the same way
-        assert params["config"] == demo
+        assert params["config"] == (calibration if name == "rlhf-calibration" else demo)
     assert deployments["rlhf-sweep"]["parameters"]["kl_coefs"] == [0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
 
 

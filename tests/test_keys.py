@@ -48,6 +48,17 @@ def test_each_stage_code_list_covers_every_module_it_imports(stage):
     assert all((PACKAGE_DIR / rel).is_file() for rel in STAGES[stage].code)
 
 
+def test_warning_settings_key_ppo_only_when_the_warning_acts():
+    results = {name: _fake(name) for name in PIPELINE}
+    watched = [load_config(None, extra) for extra in ([], ["hacking.min_signals=1"])]
+    assert plan(watched[0], "ppo", results).key == plan(watched[1], "ppo", results).key  # logged, stops nothing
+    acting = [load_config(None, ["hacking.rollback=true", *extra]) for extra in ([], ["hacking.min_signals=1"])]
+    assert plan(acting[0], "ppo", results).key != plan(acting[1], "ppo", results).key
+    assert plan(acting[0], "ppo", results).key != plan(watched[0], "ppo", results).key
+    phrase = load_config(None, ["hacking.phrase_n=2"])  # changes a logged signal's value
+    assert plan(phrase, "ppo", results).key != plan(watched[0], "ppo", results).key
+
+
 def test_code_versions_differ_by_stage():
     assert len({code_version(s) for s in STAGES}) == len(STAGES)
 
@@ -102,7 +113,10 @@ def test_every_pipeline_stage_is_planned_with_its_inputs():
     results = {name: _fake(name) for name in PIPELINE}
     spec = plan(cfg, "eval", results)
     assert set(spec.inputs["policies"]) == {"sft", "ppo", "dpo", "rloo"}
-    assert plan(cfg, "ppo", results).inputs == {f"{u}_dir": Path(cfg.output_dir) / u / "k"
-                                                for u in ("data", "sft", "reward")}
+    assert plan(cfg, "ppo", results).inputs == {**{f"{u}_dir": Path(cfg.output_dir) / u / "k"
+                                                   for u in ("data", "sft", "reward")}, "ensemble_dir": None}
+    with_ensemble = load_config(None, ["ensemble.enabled=true"])
+    assert plan(with_ensemble, "ppo", results).inputs["ensemble_dir"] == Path(cfg.output_dir) / "ensemble" / "k"
+    assert plan(with_ensemble, "ppo", results).key != plan(cfg, "ppo", results).key  # the ensemble's digest
     minilm = load_config(None, ["model.reward_backbone=minilm"])
     assert plan(minilm, "reward", results).inputs["sft_dir"] is None  # another backbone does not read SFT

@@ -129,11 +129,31 @@ def fill_sweep_run(store: Store, out: Path) -> tuple[str, str]:
     return run_id, sweep
 
 
+def fill_calibration_run(store: Store, out: Path) -> str:
+    """A reward-hacking calibration (flows/calibration.py): detectors scored on held-out seeds, defence rows."""
+    run_id = store.start_run({"name": "unit-config-calibration", "seed": 0})
+    cal, done = stage(store, run_id, "calibration", out)
+    for name, (threshold, recall, false_alarms, lead) in {"ood_share": (0.25, 0.75, 1, -1.0),
+                                                           "combined": (2, 1.0, 0, 2.5)}.items():
+        store.log_metrics(cal, {f"calibration/{name}/threshold": threshold, f"calibration/{name}/recall": recall,
+                                f"calibration/{name}/false_alarms": false_alarms, f"calibration/{name}/n_hacked": 4,
+                                f"calibration/{name}/n_healthy": 8, f"calibration/{name}/median_lead": lead}, step=0)
+    for i, (defended, gold) in enumerate([(0, -0.36), (1, 0.41)], start=1):
+        store.log_metrics(cal, {"defence/defended": defended, "defence/kl_coef": 0.01, "defence/n": 2,
+                                "defence/gold": gold, "defence/gold_ci": 0.05, "defence/proxy": 2.0,
+                                "defence/proxy_ci": 0.1, "defence/kl": 3.0, "defence/kl_ci": 0.2,
+                                "defence/sft_gold": -0.12}, step=i)
+    done()
+    store.finish_run(run_id, "completed")
+    return run_id
+
+
 @pytest.fixture
 def filled(tmp_path):
     store = Store(tmp_path / "rlhf.duckdb")
     main = fill_main_run(store, tmp_path)
     sweep_run, sweep_stage = fill_sweep_run(store, tmp_path)
+    fill_calibration_run(store, tmp_path)
     return store, main, sweep_run, sweep_stage
 
 
@@ -162,9 +182,13 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     assert path == tmp_path / "report" / "report.md"
     text = path.read_text()
     for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Over-optimisation sweep",
-                  "Samples side by side", "Failure events"):
+                  "Reward hacking without gold", "Samples side by side", "Failure events"):
         assert f"## {title}\n" in text, title
     assert "not in this store yet" not in text  # every section has its data here
+    hacking = section(text, "Reward hacking without gold")
+    assert table_row(hacking, "ood_share") == ["ood_share", "0.250", "0.75", "4", "1", "8", "-1.0"]
+    assert table_row(hacking, "combined")[:3] == ["combined", "2.000", "1.00"]
+    assert table_row(hacking, "0.01")[1:4] == ["off", "2", "-0.360 ± 0.050"]
 
     # 1. the run: the main run by default (the sweep run is newer but is a sweep), both PPO attempts.
     assert f"`{main}`" in text and "unit-config |" in text

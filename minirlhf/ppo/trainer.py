@@ -46,9 +46,13 @@ from minirlhf.generation import (decode_responses, encode_prompts, position_ids_
                                  sampling_config)
 from minirlhf.models import (add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora,
                              resolve_device)
+from minirlhf.ensemble import Ensemble, conservative_reward
+from minirlhf.hacking import BatchView
 from minirlhf.ppo import core
+from minirlhf.ppo.monitor import HackingMonitor, RewardHackingOnset
 from minirlhf.scoring import score_texts
-from minirlhf.stage import MetricLogger, NullLogger, StageResult, atomic_dir, output_problems, stage_output
+from minirlhf.stage import (MetricLogger, NullLogger, StageResult, atomic_dir, load_output, output_problems,
+                            stage_output)
 
 __all__ = ["PPOTrainer", "PPOUnstable", "Rollout", "build_trainer", "checkpoint_dir_for", "run_ppo"]
 
@@ -57,6 +61,7 @@ log = logging.getLogger("minirlhf.ppo")
 TRAINER_STATE = "trainer_state.pt"
 CURVE = "curve.jsonl"  # every step's metrics, in checkpoints and in the output (the detectors read it)
 VALUE_HEAD = "value_head.safetensors"
+MONITOR = "monitor.json"  # the hacking monitor's baseline batch (minirlhf.ppo.monitor)
 TIMINGS = "ppo/time/"  # per-step timings go to the store only: stage outputs hold no timings (minirlhf.stage)
 # Test hook: MINIRLHF_TEST_PPO_NAN_AT_STEP=N poisons the loss at step N of a first attempt (run_ppo), to exercise
 # the guard and the retry path end to end through any orchestrator. Never set outside tests; in no key.
@@ -73,18 +78,25 @@ class Rollout:
     logprobs: torch.Tensor  # (batch, resp_len)
     ref_logprobs: torch.Tensor  # (batch, resp_len)
     values: torch.Tensor  # (batch, resp_len)
-    scores: torch.Tensor  # (batch,) reward-model scores
+    scores: torch.Tensor  # (batch,) the reward PPO maximises: the proxy's scores, or the ensemble's conservative one
     has_eos: torch.Tensor  # (batch,) bool
     prompts: list[str]
     responses: list[str]
     gold: list[float | None]
     intents: list[str]
+    proxy_scores: torch.Tensor | None = None  # (batch,) the proxy reward model's scores
+    member_z: torch.Tensor | None = None  # (k, batch) the ensemble's standardised scores, the proxy's first
+    heldout_z: torch.Tensor | None = None  # (batch,) the held-out reward model's standardised scores
+    entropy: float | None = None  # mean per-token entropy of the policy on its samples
 
 
 class PPOTrainer:
     def __init__(self, cfg: PipelineConfig, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer,
-                 prompts: list[dict], checkpoint_dir: Path, logger: MetricLogger | None = None, lr_scale: float = 1.0):
+                 prompts: list[dict], checkpoint_dir: Path, logger: MetricLogger | None = None, lr_scale: float = 1.0,
+                 ensemble: Ensemble | None = None, ood_threshold: float | None = None):
         self.cfg, self.args = cfg, cfg.ppo
+        self.ensemble = ensemble
+        self.monitor = HackingMonitor(cfg.hacking, ood_threshold)  # gold-free signals, every step (minirlhf.hacking)
         self.policy, self.ref_policy, self.reward_model = policy, ref_policy, reward_model
         self.tokenizer, self.rm_tokenizer = tokenizer, rm_tokenizer
         self.prompts = prompts
@@ -117,7 +129,7 @@ class PPOTrainer:
             self.kl_ctl = core.AdaptiveKLController(self.args.kl_coef, self.args.kl_target, self.args.kl_horizon)
         else:
             self.kl_ctl = core.FixedKLController(self.args.kl_coef)
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # which prompts each step samples
+        self.generator = torch.Generator().manual_seed(rl_seed(cfg))  # which prompts each step samples
         self.generation_config = sampling_config(tokenizer, self.args.temperature, self.args.max_new_tokens)
         self.step = 0
         self.curve: list[dict] = []  # [{'step': 1, 'ppo/kl': ...}, ...], restored on resume
@@ -168,15 +180,24 @@ class PPOTrainer:
         logits, hidden = self._forward(self.policy, query_ids, query_mask, response_ids, response_mask,
                                        hidden=self.value_head is not None)
         logprobs = core.logprobs_from_logits(logits, response_ids)
+        entropy = float(core.masked_mean(core.entropy_from_logits(logits), response_mask))
         ref_logits, _ = self._forward(self.ref_policy, query_ids, query_mask, response_ids, response_mask)
         ref_logprobs = core.logprobs_from_logits(ref_logits, response_ids)
         values = self._values(query_ids, query_mask, response_ids, response_mask, hidden)
         # 2. score: the reward model reads text + EOS exactly as it was trained (minirlhf.reward.score_texts)
         responses = decode_responses(self.tokenizer, response_ids, response_mask)
-        scores = score_texts(self.reward_model, self.rm_tokenizer, prompts, responses).to(self.device)
+        proxy = score_texts(self.reward_model, self.rm_tokenizer, prompts, responses).to(self.device)
+        member_z = heldout_z = None
+        scores = proxy
+        if self.ensemble is not None:
+            member_z = self.ensemble.member_scores(prompts, responses, proxy)
+            heldout_z = self.ensemble.heldout_scores(prompts, responses)
+            if self.args.reward != "proxy":  # the defence: a conservative reward (Coste et al. 2024)
+                scores = conservative_reward(member_z, self.args.reward, self.args.uncertainty_coef,
+                                             self.ensemble.proxy_mean, self.ensemble.proxy_std).to(self.device)
         return Rollout(query_ids, response_ids, response_mask, logprobs, ref_logprobs, values, scores, has_eos,
                        prompts, responses, [gold_or_none(p, r) for p, r in zip(prompts, responses)],
-                       [r.get("intent", "") for r in rows])
+                       [r.get("intent", "") for r in rows], proxy, member_z, heldout_z, entropy)
 
     # ---- 3. advantages and 4. update ----------------------------------------------------------------
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -257,7 +278,8 @@ class PPOTrainer:
         metrics = {
             "ppo/kl": mean_kl,
             "ppo/kl_coef": self.kl_ctl.value,
-            "ppo/proxy_reward": float(batch.scores.mean()),
+            "ppo/proxy_reward": float(batch.proxy_scores.mean()),
+            **({"ppo/reward": float(batch.scores.mean())} if self.args.reward != "proxy" else {}),
             "ppo/non_score_reward": float(non_score_rewards.sum(1).mean()),
             "ppo/response_length": float(batch.response_mask.sum(1).mean()),
             "ppo/eos_rate": float(batch.has_eos.float().mean()),
@@ -269,6 +291,8 @@ class PPOTrainer:
         }
         if gold:
             metrics["ppo/gold_reward"] = sum(gold) / len(gold)
+        # 5. watch: the gold-free reward-hacking signals of this rollout (step 1's is the baseline)
+        metrics |= self.monitor.observe(self.step, self.batch_view(batch), mean_kl)
         self.kl_ctl.update(mean_kl, self.args.batch_size)
         self.logger.log_metrics(metrics, step=self.step)
         # The curve holds what the run computed, not how long it took: an exact resume reproduces it byte for byte.
@@ -281,6 +305,13 @@ class PPOTrainer:
                 step=self.step, policy="ppo",
             )
         return metrics
+
+    @staticmethod
+    def batch_view(batch: Rollout) -> BatchView:
+        """What the gold-free signals read of a rollout: samples and scores, no model and no gold."""
+        return BatchView(batch.responses, batch.prompts, batch.proxy_scores.tolist(),
+                         None if batch.member_z is None else batch.member_z.tolist(),
+                         None if batch.heldout_z is None else batch.heldout_z.tolist(), batch.entropy)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -306,6 +337,7 @@ class PPOTrainer:
                 save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, tmp / VALUE_HEAD)
             torch.save(self.state(), tmp / TRAINER_STATE)
             write_curve(self.curve, tmp / CURVE)
+            self.monitor.save(tmp / MONITOR)
         for old in self.checkpoints()[self.args.keep_checkpoints :]:
             shutil.rmtree(old, ignore_errors=True)
         self.last_good_checkpoint = final
@@ -347,6 +379,8 @@ class PPOTrainer:
         state = torch.load(ckpt / TRAINER_STATE, weights_only=True)  # tensors and plain containers only
         self.step = int(state["step"])
         self.curve = read_curve(ckpt / CURVE)
+        self.monitor = HackingMonitor(self.cfg.hacking, self.monitor.ood_threshold)
+        self.monitor.restore(ckpt / MONITOR, self.curve)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -372,6 +406,8 @@ class PPOTrainer:
         with progress_bar("ppo", self.args.steps, self.step) as bar:
             while self.step < self.args.steps:
                 metrics = self.train_step()
+                if self.cfg.hacking.rollback and self.monitor.warning.fired_at == self.step:
+                    raise self.monitor.onset()
                 if self.step % self.args.checkpoint_every == 0 or self.step == self.args.steps:
                     self.save_checkpoint()
                 shown = {"proxy": metrics["ppo/proxy_reward"], "gold": metrics.get("ppo/gold_reward"),
@@ -411,9 +447,11 @@ def checkpoint_dir_for(out_dir: Path) -> Path:
 
 
 def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, checkpoint_dir: Path,
-                  logger: MetricLogger | None = None, lr_scale: float = 1.0) -> PPOTrainer:
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+                  logger: MetricLogger | None = None, lr_scale: float = 1.0,
+                  ensemble_dir: Path | None = None) -> PPOTrainer:
+    seed = rl_seed(cfg)
+    torch.manual_seed(seed)
+    random.seed(seed)
     device = resolve_device(cfg.model.device)
     tokenizer, policy = load_policy(str(sft_dir))
     # LoRA (model.lora.enabled): the policy trains adapters only; the reference stays a separate frozen copy.
@@ -430,8 +468,20 @@ def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir
         )
     value_model = load_reward_model(str(reward_dir))[1].to(device) if cfg.ppo.value_model == "separate" else None
     prompts = read_jsonl(Path(data_dir) / "rl_prompts.jsonl")
+    reward_record = load_output(reward_dir)  # verified upstream; its score statistics scale the ensemble and OOD
+    proxy_stats = {k.split("/", 1)[1]: v for k, v in (reward_record.metrics if reward_record else {}).items()
+                   if k in ("reward/score_mean", "reward/score_std", "reward/chosen_p99")}
+    if cfg.ppo.reward != "proxy" and ensemble_dir is None:
+        raise ValueError(f"ppo.reward={cfg.ppo.reward} needs the reward-model ensemble: set ensemble.enabled=true")
+    ensemble = (Ensemble.load(ensemble_dir, proxy_stats, cfg.reward.max_length, device)
+                if ensemble_dir is not None else None)
     return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts,
-                      checkpoint_dir, logger, lr_scale)
+                      checkpoint_dir, logger, lr_scale, ensemble, proxy_stats.get("chosen_p99"))
+
+
+def rl_seed(cfg: PipelineConfig) -> int:
+    """PPO's own seed (ppo.seed), else the pipeline's."""
+    return cfg.seed if cfg.ppo.seed is None else cfg.ppo.seed
 
 
 def retry_lr_scale(cfg: PipelineConfig, attempt: int) -> float:
@@ -440,24 +490,57 @@ def retry_lr_scale(cfg: PipelineConfig, attempt: int) -> float:
 
 
 def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, out_dir: Path,
-            logger: MetricLogger | None = None, attempt: int = 1, inject_nan_at_step: int | None = None) -> StageResult:
+            logger: MetricLogger | None = None, attempt: int = 1, inject_nan_at_step: int | None = None,
+            ensemble_dir: Path | None = None) -> StageResult:
     """Train (or resume) PPO and write the final policy to `out_dir`. Attempt N > 1 is a retry after PPOUnstable:
     it resumes from the newest valid checkpoint, or starts over, at `retry_lr_scale(cfg, N)` times the learning
-    rate. `inject_nan_at_step` (testing aid; default from $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at
-    that step of a first attempt."""
+    rate. With hacking.rollback, a gold-free warning stops the run and the output is the policy of the last
+    checkpoint from before the signals rose (rollback). `inject_nan_at_step` (testing aid; default from
+    $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at that step of a first attempt."""
+    logger = logger or NullLogger()
     started = time.perf_counter()
     trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, checkpoint_dir_for(out_dir), logger,
-                            lr_scale=retry_lr_scale(cfg, attempt))
+                            lr_scale=retry_lr_scale(cfg, attempt), ensemble_dir=ensemble_dir)
     resumed = trainer.resume()
     if inject_nan_at_step is None and os.environ.get(TEST_NAN_AT_STEP_ENV):
         inject_nan_at_step = int(os.environ[TEST_NAN_AT_STEP_ENV])
     trainer.inject_nan_at_step = inject_nan_at_step if attempt == 1 else None
-    metrics = trainer.train()
+    onset = None
+    try:
+        metrics = trainer.train()
+    except RewardHackingOnset as warning:
+        onset = warning
+        metrics = roll_back(trainer, warning, logger)
     result = StageResult("ppo", metrics={k: float(v) for k, v in metrics.items()}, step=trainer.step)
     result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
+    if onset is not None:
+        result.metrics |= {"ppo/warning_step": float(onset.step), "ppo/rollback_step": float(trainer.step)}
     with stage_output(out_dir, result) as tmp:
         merge_lora(trainer.policy).save_pretrained(tmp)  # LoRA adapters folded in: a plain checkpoint
         trainer.tokenizer.save_pretrained(tmp)
         write_curve(trainer.curve, tmp / CURVE)
         result.seconds = time.perf_counter() - started
     return result
+
+
+def roll_back(trainer: PPOTrainer, warning: RewardHackingOnset, logger: MetricLogger) -> dict[str, float]:
+    """The warning fired: record it, then put the policy back to the newest valid checkpoint from before the
+    signals rose (step < warning.rose_at), or to the SFT policy when there is none. The curve keeps every step
+    trained (the output shows what the warning saw); returns the metrics of the step rolled back to."""
+    curve = list(trainer.curve)
+    earlier = [c for c in trainer.checkpoints() if int(c.name.split("-")[1]) < warning.rose_at
+               and not output_problems(c)]
+    if earlier:
+        trainer._load(earlier[0])
+    else:  # nothing saved before the rise: the frozen reference is the SFT policy PPO started from
+        trainer.policy, trainer.step = trainer.ref_policy, 0
+    trainer.curve = curve
+    message = (f"{warning}; phrase spreading: {warning.phrase!r}; rolled back to step {trainer.step}"
+               + ("" if earlier else " (the SFT policy: no checkpoint from before the rise)"))
+    log.warning(message)
+    logger.log_failure_event("reward_hacking_onset", message, step=warning.step, severity="error",
+                             evidence={"signals": warning.signals, "rose_at": warning.rose_at,
+                                       "rollback_step": trainer.step, "phrase": warning.phrase},
+                             examples=warning.examples)
+    kept = next((row for row in curve if row["step"] == trainer.step), {})
+    return {k: v for k, v in kept.items() if k != "step"}
