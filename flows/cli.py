@@ -154,6 +154,9 @@ def calibrate(
     train_seeds: Annotated[str, typer.Option(help="the seeds thresholds are chosen on, the rest score them "
                                              "(default: leave one seed out)")] = "",
     defence: Annotated[bool, typer.Option(help="also run every point with the defence on")] = True,
+    defence_reward: Annotated[str, typer.Option(
+        help="what defended points optimise: ensemble_mean_minus_std, ensemble_min, or proxy (rollback alone)")]
+    = "ensemble_mean_minus_std",
     verbose: VerboseOpt = False,
     ephemeral: EphemeralOpt = False,
 ) -> None:
@@ -175,8 +178,10 @@ def calibrate(
 
     route_library_logs()
     started = time.perf_counter()
+    if defence_reward not in ("ensemble_mean_minus_std", "ensemble_min", "proxy"):
+        raise UserError(f"--defence-reward {defence_reward!r}: choose ensemble_mean_minus_std, ensemble_min or proxy")
     state = hacking_calibration(cfg, kl_coefs=coefs, seeds=seed_list, train_seeds=train, defence=defence,
-                                return_state=True)
+                                defence_reward=defence_reward, return_state=True)
     if not state.is_completed():
         err_console.print(f"[red]calibration flow run {state.state_details.flow_run_id} ended {state.name}:[/red] "
                           f"{state.message}")

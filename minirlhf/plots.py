@@ -208,7 +208,8 @@ def plot_calibration(runs: list[dict], thresholds: dict[str, float], path: Path,
         ax.plot(run["steps"], run["gold"], color="tab:orange", lw=1.5, label="gold")
         ax.plot(run["steps"], run["proxy"], color="tab:blue", lw=1.5, label="proxy")
         ax.set_xlabel("PPO step")
-        ax.set_title(run["name"], fontsize=9)
+        ax.set_title(f"{run['name']}: onset {run.get('onset') or 'none'}, warning {run.get('fire') or 'none'}",
+                     fontsize=9)
         right = ax.twinx()
         for name, values in sorted(run["signals"].items()):
             t = thresholds.get(name)
@@ -226,7 +227,8 @@ def plot_calibration(runs: list[dict], thresholds: dict[str, float], path: Path,
     handles = {}
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label.split(" ")[0] if label.startswith(("gold onset", "warning")) else label, h)
+            short = next((k for k in ("gold onset", "warning") if label.startswith(k)), label)  # no step numbers
+            handles.setdefault(short, h)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=4, fontsize=7)
     fig.suptitle("Gold-free signals against the gold onset (right axis: signal / its threshold)")
     return _save(fig, path)
