@@ -2,10 +2,9 @@
 conservative reward (minirlhf.hacking; configs/demo-ensemble.yaml).
 
 Usage:
-    from minirlhf.ensemble import run_ensemble, Ensemble
+    from minirlhf.ensemble import run_ensemble
     result = run_ensemble(cfg, data_dir, sft_dir, reward_dir, out_dir)    # member-1/ ... heldout/ members.json
-    ensemble = Ensemble.load(out_dir, proxy_stats, max_length, device)    # proxy_stats: the reward stage's
-    z = ensemble.member_scores(prompts, responses, proxy_scores)           # (k, batch), each member standardised
+    ensemble = minirlhf.scoring.Ensemble.load(out_dir, proxy_stats, max_length, device)   # what PPO scores with
 
 Members: the proxy (the reward stage's model, member 0) and `ensemble.members - 1` more, each from its own seed
 (score-head init and data order) on a bootstrap resample of the training pairs (`ensemble.bootstrap`). Members
@@ -22,7 +21,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,11 +29,9 @@ from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_reward_model
 from minirlhf.reward import _backbone, chosen_score_stats, new_reward_model, train_reward_model
-from minirlhf.scoring import fit_to_length, score_texts
+from minirlhf.scoring import HELDOUT, MEMBERS_FILE, fit_to_length, score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 
-MEMBERS_FILE = "members.json"  # [{"name": "member-1", "seed": 1, "score_mean": ..., "score_std": ...}, ...]
-HELDOUT = "heldout"
 
 
 def bootstrap(rows: list[dict], seed: int) -> list[dict]:
@@ -110,63 +106,3 @@ def measure_members(cfg: PipelineConfig, reward_dir: Path, trained: list, member
         "ensemble/member_accuracy_min": min(accuracies),
         "ensemble/member_accuracy_mean": sum(accuracies) / len(accuracies),
     }
-
-
-@dataclass
-class ScoredModel:
-    model: torch.nn.Module
-    tokenizer: object
-    mean: float
-    std: float
-
-    def z(self, prompts: list[str], responses: list[str], max_length: int) -> torch.Tensor:
-        scores = score_texts(self.model, self.tokenizer, prompts, responses, max_length=max_length)
-        return (scores.cpu() - self.mean) / max(self.std, 1e-6)
-
-
-@dataclass
-class Ensemble:
-    """The members beside the proxy and the held-out model, loaded for scoring; scores standardised per model."""
-
-    members: list[ScoredModel]  # the further members (the proxy is scored by PPO already)
-    heldout: ScoredModel | None
-    proxy_mean: float
-    proxy_std: float
-    max_length: int
-
-    @classmethod
-    def load(cls, ensemble_dir: Path, proxy_stats: dict[str, float], max_length: int,
-             device: torch.device | str = "cpu") -> "Ensemble":
-        def scored(path: Path, stats: dict) -> ScoredModel:
-            tokenizer, model = load_reward_model(str(path))
-            return ScoredModel(model.to(device).eval().requires_grad_(False), tokenizer, stats["score_mean"],
-                               stats["score_std"])
-
-        listed = json.loads((Path(ensemble_dir) / MEMBERS_FILE).read_text())
-        members = [scored(Path(ensemble_dir) / m["name"], m) for m in listed if m["name"] != HELDOUT]
-        heldout = [scored(Path(ensemble_dir) / m["name"], m) for m in listed if m["name"] == HELDOUT]
-        return cls(members, heldout[0] if heldout else None, proxy_stats["score_mean"], proxy_stats["score_std"],
-                   max_length)
-
-    @torch.no_grad()
-    def member_scores(self, prompts: list[str], responses: list[str], proxy_scores: torch.Tensor) -> torch.Tensor:
-        """(k, batch) standardised scores, the proxy's (from `proxy_scores`) first."""
-        proxy_z = (proxy_scores.detach().cpu() - self.proxy_mean) / max(self.proxy_std, 1e-6)
-        return torch.stack([proxy_z] + [m.z(prompts, responses, self.max_length) for m in self.members])
-
-    @torch.no_grad()
-    def heldout_scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor | None:
-        return None if self.heldout is None else self.heldout.z(prompts, responses, self.max_length)
-
-
-def conservative_reward(member_z: torch.Tensor, kind: str, uncertainty_coef: float, proxy_mean: float,
-                        proxy_std: float) -> torch.Tensor:
-    """Coste et al. 2024: the ensemble's mean - lambda * spread (uncertainty-weighted) or its worst member
-    (worst-case), over standardised scores (k, batch), mapped back to the proxy's units."""
-    if kind == "ensemble_mean_minus_std":
-        z = member_z.mean(0) - uncertainty_coef * member_z.std(0, correction=0)
-    elif kind == "ensemble_min":
-        z = member_z.min(0).values
-    else:
-        raise ValueError(f"unknown conservative reward {kind!r}")
-    return proxy_mean + proxy_std * z

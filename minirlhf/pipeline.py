@@ -67,9 +67,9 @@ class Stage:
 
 GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold annotator and the facts it reads
 TRAINING = ("training.py", "models.py", "data/task.py", *GOLD)  # what the TRL stages share (task.py imports gold)
-# PPO and what watches it: the gold-free signals (hacking.py, ppo/monitor.py) and the ensemble (ensemble.py, which
-# trains its members with reward.py's functions).
-WATCHED_PPO = ("ppo/trainer.py", "ppo/monitor.py", "hacking.py", "detect.py", "ensemble.py", "reward.py")
+# PPO and what watches it: the gold-free signals (hacking.py, ppo/monitor.py); it scores with the ensemble through
+# scoring.py, so the ensemble's training code (ensemble.py, reward.py) stays out of PPO's key.
+WATCHED_PPO = ("ppo/trainer.py", "ppo/monitor.py", "hacking.py", "detect.py")
 SAMPLING = ("generation.py", "scoring.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
 
 STAGES: dict[str, Stage] = {s.name: s for s in (

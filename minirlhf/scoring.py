@@ -4,6 +4,7 @@ Usage:
     from minirlhf.scoring import score_texts, fit_to_length
     scores = score_texts(model, tokenizer, prompts, responses)           # (batch,) exactly as in training
     rows, n_truncated, n_dropped = fit_to_length(pairs, tokenizer, 128)  # prompts cut from the left to fit
+    ensemble = Ensemble.load(ensemble_dir, proxy_stats, 128)            # the ensemble stage's members, for PPO
 
 `score_texts` is used by the reward stage's evaluation, PPO, RLOO and the evaluation stage: it scores
 `prompt + response + EOS`, because RewardTrainer appends EOS to every text it trains on. Scoring without
@@ -14,7 +15,17 @@ reward model only, not every stage that scores with one (minirlhf.pipeline.STAGE
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+
+from minirlhf.models import load_reward_model
+
+# The ensemble stage's output (minirlhf/ensemble.py): a folder per model and members.json with each one's statistics.
+MEMBERS_FILE = "members.json"  # [{"name": "member-1", "seed": 1000, "score_mean": ..., "score_std": ...}, ...]
+HELDOUT = "heldout"
 
 
 @torch.no_grad()
@@ -62,3 +73,64 @@ def fit_to_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
             truncated += 1
         kept.append(row)
     return kept, truncated, dropped
+
+
+# ---- the reward-model ensemble, as PPO scores with it (trained by minirlhf/ensemble.py) --------------------------
+@dataclass
+class ScoredModel:
+    model: torch.nn.Module
+    tokenizer: object
+    mean: float
+    std: float
+
+    def z(self, prompts: list[str], responses: list[str], max_length: int) -> torch.Tensor:
+        scores = score_texts(self.model, self.tokenizer, prompts, responses, max_length=max_length)
+        return (scores.cpu() - self.mean) / max(self.std, 1e-6)
+
+
+@dataclass
+class Ensemble:
+    """The members beside the proxy and the held-out model, loaded for scoring; scores standardised per model."""
+
+    members: list[ScoredModel]  # the further members (the proxy is scored by PPO already)
+    heldout: ScoredModel | None
+    proxy_mean: float
+    proxy_std: float
+    max_length: int
+
+    @classmethod
+    def load(cls, ensemble_dir: Path, proxy_stats: dict[str, float], max_length: int,
+             device: torch.device | str = "cpu") -> "Ensemble":
+        def scored(path: Path, stats: dict) -> ScoredModel:
+            tokenizer, model = load_reward_model(str(path))
+            return ScoredModel(model.to(device).eval().requires_grad_(False), tokenizer, stats["score_mean"],
+                               stats["score_std"])
+
+        listed = json.loads((Path(ensemble_dir) / MEMBERS_FILE).read_text())
+        members = [scored(Path(ensemble_dir) / m["name"], m) for m in listed if m["name"] != HELDOUT]
+        heldout = [scored(Path(ensemble_dir) / m["name"], m) for m in listed if m["name"] == HELDOUT]
+        return cls(members, heldout[0] if heldout else None, proxy_stats["score_mean"], proxy_stats["score_std"],
+                   max_length)
+
+    @torch.no_grad()
+    def member_scores(self, prompts: list[str], responses: list[str], proxy_scores: torch.Tensor) -> torch.Tensor:
+        """(k, batch) standardised scores, the proxy's (from `proxy_scores`) first."""
+        proxy_z = (proxy_scores.detach().cpu() - self.proxy_mean) / max(self.proxy_std, 1e-6)
+        return torch.stack([proxy_z] + [m.z(prompts, responses, self.max_length) for m in self.members])
+
+    @torch.no_grad()
+    def heldout_scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor | None:
+        return None if self.heldout is None else self.heldout.z(prompts, responses, self.max_length)
+
+
+def conservative_reward(member_z: torch.Tensor, kind: str, uncertainty_coef: float, proxy_mean: float,
+                        proxy_std: float) -> torch.Tensor:
+    """Coste et al. 2024: the ensemble's mean - lambda * spread (uncertainty-weighted) or its worst member
+    (worst-case), over standardised scores (k, batch), mapped back to the proxy's units."""
+    if kind == "ensemble_mean_minus_std":
+        z = member_z.mean(0) - uncertainty_coef * member_z.std(0, correction=0)
+    elif kind == "ensemble_min":
+        z = member_z.min(0).values
+    else:
+        raise ValueError(f"unknown conservative reward {kind!r}")
+    return proxy_mean + proxy_std * z

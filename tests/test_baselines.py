@@ -26,11 +26,14 @@ def _fake_results(cfg) -> dict[str, StageResult]:
 def test_a_disabled_baseline_is_not_run_nor_upstream_of_eval():
     on = load_config(None)
     off = load_config(None, ["rloo.enabled=false"])
-    assert enabled_stages(on) == PIPELINE == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
+    assert PIPELINE == ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "eval")
+    assert enabled_stages(on) == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")  # the ensemble: off
     assert enabled_stages(off) == ("data", "sft", "reward", "ppo", "dpo", "eval")
     assert upstream_of(on, "eval") == ("data", "sft", "reward", "ppo", "dpo", "rloo")
     assert upstream_of(off, "eval") == ("data", "sft", "reward", "ppo", "dpo")
-    assert needed_stages(on, ("eval",)) == list(PIPELINE)
+    assert needed_stages(on, ("eval",)) == list(enabled_stages(on))
+    ensemble = load_config(None, ["ensemble.enabled=true"])
+    assert needed_stages(ensemble, ("ppo",)) == ["data", "sft", "reward", "ensemble", "ppo"]
     assert needed_stages(off, ("eval",)) == ["data", "sft", "reward", "ppo", "dpo", "eval"]
     assert needed_stages(on, ("dpo",)) == ["data", "sft", "dpo"]
     with pytest.raises(ValueError, match=r"disabled.*--set rloo.enabled=true"):
@@ -134,7 +137,7 @@ def test_rloo_logs_every_step_with_its_own_eos_check_agreeing_with_trl(tiny_run)
 @pytest.mark.slow
 def test_eval_compares_all_four_policies(tiny_run):
     cfg, results = tiny_run
-    assert list(results) == list(PIPELINE)
+    assert list(results) == list(enabled_stages(cfg))
     metrics = results["eval"].metrics
     for policy in POLICIES:
         assert f"eval/{policy}/gold_reward" in metrics and f"eval/{policy}/proxy_reward" in metrics, policy

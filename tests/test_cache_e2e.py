@@ -93,8 +93,9 @@ def test_an_edited_reward_source_recomputes_reward_and_below_under_run_and_flow(
 
     # A change of behaviour (another score-head init): the reward model's weights change, and so does all below it.
     source = reward_py.read_text()
-    assert "set_seed(cfg.seed)" in source
-    reward_py.write_text(source.replace("set_seed(cfg.seed)", "set_seed(cfg.seed + 1)"))
+    head_init = "_backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.seed)"  # the score head's seed
+    assert head_init in source
+    reward_py.write_text(source.replace(head_init, head_init[:-1] + " + 1)"))
     flow_hits, flow_s = minirlhf("flow", root, pythonpath=package, env=server_env)
     assert flow_hits == {"data": True, "sft": True, "reward": False, "ppo": False, "dpo": True, "rloo": False,
                          "eval": False}

@@ -24,12 +24,14 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.pipeline import policy_comparison, rlhf_pipeline
 from minirlhf.config import PipelineConfig, load_config
 from minirlhf.errors import PPOUnstable
-from minirlhf.pipeline import PIPELINE, plan, run_pipeline
+from minirlhf.pipeline import enabled_stages, plan, run_pipeline
 from minirlhf.ppo.trainer import TEST_NAN_AT_STEP_ENV, checkpoint_dir_for
 from minirlhf.stage import StageResult, is_complete, load_output
 from minirlhf.store import Store, StoreLocked
 from tasks import RESULTS_DIRNAME, retry_condition
 from tests.test_ppo import TINY
+
+DEMO_STAGES = enabled_stages(load_config(None))  # the demo's stages (the ensemble is off)
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +91,9 @@ def first_run(prefect_server, tiny) -> FlowRun:
 
 
 def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
-    assert first_run.states() == {s: "Completed" for s in PIPELINE}
+    assert first_run.states() == {s: "Completed" for s in DEMO_STAGES}
     rows = first_run.stage_runs
-    assert [r["stage"] for r in rows] == list(PIPELINE)
+    assert [r["stage"] for r in rows] == list(DEMO_STAGES)
     assert all(r["status"] == "completed" and not r["cache_hit"] and r["attempt"] == 1 for r in rows)
     for r in rows:  # lineage: the task run, and one key for the cache file, the output folder and the store
         assert r["task_run_id"] == str(first_run.task_runs[r["stage"]].id)
@@ -130,9 +132,9 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run, tiny):
 
 def test_rerun_is_answered_from_the_cache(first_run, tiny):
     again = run_flow(tiny)
-    assert again.states() == {s: "Cached" for s in PIPELINE}
+    assert again.states() == {s: "Cached" for s in DEMO_STAGES}
     assert ([(r["stage"], r["status"], r["cache_hit"]) for r in again.stage_runs]
-            == [(s, "completed", True) for s in PIPELINE])
+            == [(s, "completed", True) for s in DEMO_STAGES])
     assert {s: r.sha256 for s, r in again.results.items()} == {s: r.sha256 for s, r in first_run.results.items()}
     assert all(r.cache_hit for r in again.results.values())
     metrics = Store.for_output_dir(tiny.output_dir).query(  # a cached stage's metrics are recorded for this run too

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from minirlhf.config import load_config
-from minirlhf.pipeline import PIPELINE as STAGES
+from minirlhf.pipeline import enabled_stages
 from minirlhf.store import Store
 from tests.conftest import stop_process
 from tests.test_ppo import TINY
+
+STAGES = enabled_stages(load_config(None))  # the demo's stages (the ensemble is off)
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]

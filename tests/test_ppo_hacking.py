@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from minirlhf.config import SIGNALS, load_config
-from minirlhf.ensemble import HELDOUT, MEMBERS_FILE, bootstrap, conservative_reward, mean_pairwise_corr
+from minirlhf.ensemble import bootstrap, mean_pairwise_corr
+from minirlhf.scoring import HELDOUT, MEMBERS_FILE, conservative_reward
 from minirlhf.pipeline import plan, run_pipeline, run_stage
 from minirlhf.ppo.trainer import CURVE, checkpoint_dir_for, read_curve
 from minirlhf.store import Store

@@ -426,6 +426,11 @@ def fill_every_view(store: Store) -> None:
                              "sweep/gold_reward": 0.2, "sweep/proxy_reward": 0.4}, step=point)
         log.log_metrics({"sweep/fit/gold/alpha": 1.0, "sweep/fit/gold/beta": 0.5, "sweep/fit/gold/r2": 0.9,
                          "sweep/fit/gold/d_star": 2.7})
+    with store.stage_run(run_id, "calibration") as log:
+        log.log_metrics({"calibration/combined/threshold": 2, "calibration/combined/recall": 1.0,
+                         "calibration/combined/false_alarms": 0, "calibration/combined/median_lead": -1.0})
+        log.log_metrics({"defence/defended": 1, "defence/kl_coef": 0.01, "defence/gold": 0.4, "defence/n": 3},
+                        step=1)
     store.finish_run(run_id, "completed")
     rerun = store.start_run({"seed": 1})
     with store.stage_run(rerun, "ppo", output_dir="/out/ppo", cache_hit=True):

@@ -46,11 +46,10 @@ from minirlhf.generation import (decode_responses, encode_prompts, position_ids_
                                  sampling_config)
 from minirlhf.models import (add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora,
                              resolve_device)
-from minirlhf.ensemble import Ensemble, conservative_reward
 from minirlhf.hacking import BatchView
 from minirlhf.ppo import core
 from minirlhf.ppo.monitor import HackingMonitor, RewardHackingOnset
-from minirlhf.scoring import score_texts
+from minirlhf.scoring import Ensemble, conservative_reward, score_texts
 from minirlhf.stage import (MetricLogger, NullLogger, StageResult, atomic_dir, load_output, output_problems,
                             stage_output)
 
