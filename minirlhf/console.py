@@ -165,14 +165,21 @@ def policy_rows(eval_metrics: dict[str, float]) -> tuple[list[str], list[list[st
 
 
 def failure_events(cfg, results: dict) -> list[dict]:
-    """The eval stage's failure events, from its output (failure_events.json; reused outputs have it too)."""
+    """The run's failure events: PPO's reward-hacking rollback (from its record, so a reused output shows it too),
+    then the eval stage's, from its output (failure_events.json)."""
+    events = []
+    ppo = results["ppo"].metrics if "ppo" in results else {}
+    if "ppo/warning_step" in ppo:
+        events.append({"policy": "ppo", "kind": "reward_hacking_onset",
+                       "message": f"gold-free warning at step {int(ppo['ppo/warning_step'])}; the output is the "
+                                  f"policy of step {int(ppo['ppo/rollback_step'])}"})
     if "eval" not in results:
-        return []
+        return events
     path = results["eval"].path(cfg.output_dir) / "failure_events.json"
     try:
-        return json.loads(path.read_text())
+        return events + json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
+        return events
 
 
 def next_commands(cfg, run_id: str | None) -> list[tuple[str, str]]:

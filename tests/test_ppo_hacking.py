@@ -117,3 +117,8 @@ def test_a_warning_stops_ppo_and_rolls_back_to_the_checkpoint_before_the_rise(en
     output = load_file(out / "model.safetensors")
     assert all(torch.equal(output[k], saved[k]) for k in output)
     assert [row["step"] for row in read_curve(out / CURVE)] == [1, 2, 3, 4]  # what the warning saw is kept
+    from minirlhf.console import failure_events  # the run's summary lists it, one line
+
+    assert failure_events(cfg, {"ppo": result}) == [
+        {"policy": "ppo", "kind": "reward_hacking_onset",
+         "message": "gold-free warning at step 4; the output is the policy of step 2"}]
