@@ -79,6 +79,14 @@ def route_library_logs() -> None:
                 handler.addFilter(SummarisedFilter())
 
 
+def flow_result(state, what: str):
+    """A finished flow's result; a flow run that did not complete ends the command with its state, exit 1."""
+    if not state.is_completed():
+        err_console.print(f"[red]{what} {state.state_details.flow_run_id} ended {state.name}:[/red] {state.message}")
+        raise typer.Exit(1)
+    return state.result()
+
+
 @app.command()
 def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False,
          ephemeral: EphemeralOpt = False) -> None:
@@ -91,11 +99,9 @@ def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = Fa
 
     route_library_logs()
     started = time.perf_counter()
-    state = rlhf_pipeline(cfg, return_state=True)  # each stage prints its progress line, or one line when done
-    if not state.is_completed():
-        err_console.print(f"[red]flow run {state.state_details.flow_run_id} ended {state.name}:[/red] {state.message}")
-        raise typer.Exit(1)
-    print_results(cfg, state.result(), time.perf_counter() - started)
+    # each stage prints its progress line, or one line when done
+    results = flow_result(rlhf_pipeline(cfg, return_state=True), "flow run")
+    print_results(cfg, results, time.perf_counter() - started)
     if ui:
         console.print(f"Prefect UI: {ui}  (the server stays up for the next run; `prefect server stop` stops it)",
                       markup=False, soft_wrap=True)
@@ -126,12 +132,7 @@ def sweep(
 
     route_library_logs()
     started = time.perf_counter()
-    state = overoptimization_sweep(cfg, kl_coefs=coefs, return_state=True)
-    if not state.is_completed():
-        err_console.print(f"[red]sweep flow run {state.state_details.flow_run_id} ended {state.name}:[/red] "
-                          f"{state.message}")
-        raise typer.Exit(1)
-    result = state.result()
+    result = flow_result(overoptimization_sweep(cfg, kl_coefs=coefs, return_state=True), "sweep flow run")
     console.print(f"\n[bold]{cfg.name}[/bold]: sweep over {len(set(coefs))} KL coefficients "
                   f"in {time.perf_counter() - started:.1f} s")
     console.print("fit of the reward gain over SFT, R(d) = d(α - β log d), d = sqrt(KL):")
@@ -170,6 +171,8 @@ def calibrate(
     except ValueError:
         raise UserError("--kl-coefs, --seeds and --train-seeds are comma-separated numbers, "
                         "e.g. --seeds 1,2,3") from None
+    if defence_reward not in ("ensemble_mean_minus_std", "ensemble_min", "proxy"):
+        raise UserError(f"--defence-reward {defence_reward!r}: choose ensemble_mean_minus_std, ensemble_min or proxy")
     cfg = _load(config, set_)
     check_before_run(cfg)
     quiet_prefect_console(verbose)
@@ -178,15 +181,9 @@ def calibrate(
 
     route_library_logs()
     started = time.perf_counter()
-    if defence_reward not in ("ensemble_mean_minus_std", "ensemble_min", "proxy"):
-        raise UserError(f"--defence-reward {defence_reward!r}: choose ensemble_mean_minus_std, ensemble_min or proxy")
-    state = hacking_calibration(cfg, kl_coefs=coefs, seeds=seed_list, train_seeds=train, defence=defence,
-                                defence_reward=defence_reward, return_state=True)
-    if not state.is_completed():
-        err_console.print(f"[red]calibration flow run {state.state_details.flow_run_id} ended {state.name}:[/red] "
-                          f"{state.message}")
-        raise typer.Exit(1)
-    result = state.result()
+    result = flow_result(hacking_calibration(cfg, kl_coefs=coefs, seeds=seed_list, train_seeds=train,
+                                             defence=defence, defence_reward=defence_reward, return_state=True),
+                         "calibration flow run")
     console.print(f"\n[bold]{cfg.name}[/bold]: calibration in {time.perf_counter() - started:.1f} s")
     console.print(calibration_markdown(result), markup=False)
     console.print(f"figure and tables: {result.path(cfg.output_dir)}/", markup=False)
