@@ -6,17 +6,20 @@ Usage:
     result = hacking_calibration(load_config("configs/calibration.yaml"))    # the calibration StageResult
 
 Data, SFT, the reward model and the ensemble are the pipeline's cached tasks (computed once). Every point is a PPO
-task (`ppo.kl_coef`, `ppo.seed`) and an evaluation task (SFT against that PPO policy), cached by key like any
-stage: a rerun computes only what is new. Undefended points optimise the proxy and only watch (signals logged,
-no rollback); defended ones optimise `defence_reward` (the ensemble's conservative reward) with
-`hacking.rollback` on. The calibration stage (minirlhf/calibration.py) chooses the warning's thresholds on some
-seeds and reports recall, false alarms and lead on the others (leave-one-seed-out by default, or `train_seeds`),
-and tabulates defended against undefended (v_detector_calibration, v_defence).
+task (`ppo.kl_coef`, `ppo.seed`) and an evaluation task (SFT against that PPO policy), cached by key like any stage:
+a rerun computes only what is new. Undefended points optimise the proxy and only watch (signals logged, no
+rollback); defended ones optimise `defence_reward` (the ensemble's conservative reward) with `hacking.rollback` on,
+and each seed's defended runs warn by the thresholds chosen on the other seeds' watched runs
+(minirlhf.calibration.held_out_warnings), so the defence, too, is measured out of sample. The calibration stage
+(minirlhf/calibration.py) chooses the warning's thresholds on some seeds and reports recall, false alarms and lead
+on the others (leave-one-seed-out by default, or `train_seeds`), and tabulates defended against undefended
+(v_detector_calibration, v_defence).
 """
 
 from __future__ import annotations
 
-from minirlhf.config import PipelineConfig, build_config
+from minirlhf.calibration import held_out_warnings
+from minirlhf.config import BASELINES, PipelineConfig, build_config
 from minirlhf.pipeline import plan, plan_calibration
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
@@ -32,12 +35,15 @@ SHARED_STAGES = ("data", "sft", "reward", "ensemble")  # do not depend on kl_coe
 
 
 def point_config(config: PipelineConfig, kl_coef: float, seed: int, defended: bool,
-                 defence_reward: str) -> PipelineConfig:
-    """One point: PPO at `kl_coef` from `seed`, evaluated against SFT only; defended or only watched."""
+                 defence_reward: str, warning: dict | None = None) -> PipelineConfig:
+    """One point: PPO at `kl_coef` from `seed`, evaluated against SFT only; defended (with `warning`, the
+    hacking thresholds and min_signals chosen without this seed) or only watched."""
     tree = config.model_dump(mode="json")
     tree["ppo"] |= {"kl_coef": kl_coef, "seed": seed, "reward": defence_reward if defended else "proxy"}
     tree["hacking"]["rollback"] = defended  # watched only: the warning's settings stay out of its key (pipeline.py)
-    for baseline in ("dpo", "rloo"):
+    if defended and warning:
+        tree["hacking"] |= warning
+    for baseline in BASELINES:
         tree[baseline]["enabled"] = False
     return build_config(tree, source=f"calibration point kl_coef={kl_coef} seed={seed} defended={defended}")
 
@@ -62,11 +68,14 @@ def hacking_calibration(config: PipelineConfig = PipelineConfig(), kl_coefs: lis
         shared: dict[str, StageResult] = {}
         for name in SHARED_STAGES:
             shared[name] = run_stage_task(plan(config, name, shared), run_id)
-        points = []
+        points, warnings = [], {}
         for defended in (False, True) if defence else (False,):
+            if defended:  # each seed's defended runs warn by thresholds chosen on the other seeds' watched runs
+                warnings = held_out_warnings(config, [{**p, "ppo_dir": p["ppo"].path(config.output_dir)}
+                                                      for p in points], tuple(train_seeds))
             for seed in seeds:
                 for kl_coef in sorted(set(kl_coefs), reverse=True):
-                    cfg = point_config(config, kl_coef, seed, defended, defence_reward)
+                    cfg = point_config(config, kl_coef, seed, defended, defence_reward, warnings.get(seed))
                     ppo = run_stage_task(plan(cfg, "ppo", shared), run_id)
                     ev = run_stage_task(plan(cfg, "eval", {**shared, "ppo": ppo}), run_id)
                     points.append({"name": f"kl{kl_coef:g}-seed{seed}{'-defended' if defended else ''}",

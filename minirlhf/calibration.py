@@ -133,6 +133,9 @@ def calibrate(runs: list[CalibrationRun], train_seeds: tuple[int, ...], detector
     train = [r for r in runs if r.seed in train_seeds]
     test = [r for r in runs if r.seed not in train_seeds]
     available = [d for d in detectors if any(d in r.signals for r in runs)]
+    if not available:
+        raise ValueError(f"no run logged any of the signals {', '.join(detectors)} (ppo/signal/<name> in "
+                         "curve.jsonl): were these PPO runs made by an older minirlhf? Recompute them")
     thresholds = {d: choose_threshold(d, train, patience, warmup) for d in available}
     table = {}
     for d in available:
@@ -178,6 +181,34 @@ def cross_validate(runs: list[CalibrationRun], detectors: tuple[str, ...] = SIGN
     return {**final, "table": table, "fires": fires, "train_seeds": [], "test_seeds": seeds,
             "folds": [{"held_out": s, "thresholds": f["thresholds"], "combined_signals": f["combined_signals"],
                        "min_signals": f["min_signals"]} for f, s in zip(folds, seeds)]}
+
+
+def watched_runs(cfg: PipelineConfig, points: list[dict]) -> list[CalibrationRun]:
+    """The undefended points' runs, each labelled by its gold onset. points: {name, kl_coef, seed, defended,
+    ppo_dir}."""
+    return [CalibrationRun.from_curve(p["name"], p["kl_coef"], p["seed"], read_curve(p["ppo_dir"]),
+                                      cfg.hacking.onset_drop, cfg.hacking.onset_window)
+            for p in points if not p["defended"]]
+
+
+def combined_warning(result: dict) -> dict:
+    """A calibration's combined warning as `hacking` settings: the thresholds of its signals and min_signals."""
+    return {"thresholds": {d: result["thresholds"][d] for d in result["combined_signals"]},
+            "min_signals": result["min_signals"]}
+
+
+def held_out_warnings(cfg: PipelineConfig, points: list[dict], train_seeds: tuple[int, ...] = (),
+                      detectors: tuple[str, ...] = SIGNALS) -> dict[int, dict]:
+    """Per seed, the warning a defended run of that seed uses: chosen without that seed's watched runs (the fold
+    that leaves it out), so the defence is measured out of sample like the detectors; with `train_seeds`, the
+    warning chosen on those seeds, for every seed."""
+    runs = watched_runs(cfg, points)
+    settings = {"patience": cfg.hacking.patience, "warmup": cfg.hacking.warmup, "detectors": detectors}
+    seeds = sorted({r.seed for r in runs})
+    if train_seeds:
+        warning = combined_warning(calibrate(runs, tuple(train_seeds), **settings))
+        return {seed: warning for seed in seeds}
+    return {fold["held_out"]: combined_warning(fold) for fold in cross_validate(runs, **settings)["folds"]}
 
 
 def calibration_metrics(result: dict) -> dict[str, float]:
@@ -229,9 +260,7 @@ def run_calibration(cfg: PipelineConfig, points: list[dict], out_dir: Path, logg
 
     logger = logger or NullLogger()
     started = time.perf_counter()
-    runs = [CalibrationRun.from_curve(p["name"], p["kl_coef"], p["seed"], read_curve(p["ppo_dir"]),
-                                      cfg.hacking.onset_drop, cfg.hacking.onset_window)
-            for p in points if not p["defended"]]
+    runs = watched_runs(cfg, points)
     settings = {"patience": cfg.hacking.patience, "warmup": cfg.hacking.warmup}
     result = (calibrate(runs, tuple(train_seeds), **settings) if train_seeds  # a hold-out split, as asked
               else cross_validate(runs, **settings))  # default: leave one seed out

@@ -106,7 +106,7 @@ def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     stages: Annotated[Optional[str], typer.Option(help="comma-separated stages, upstream ones run or reused (default: "
-                                                  "every enabled stage: data,sft,reward,ppo,dpo,rloo,eval)")] = None,
+                                                  "every enabled stage, in pipeline order)")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the pipeline stages on a config, skipping stages whose output is already complete."""

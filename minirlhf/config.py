@@ -237,6 +237,20 @@ class RLOOConfig(_Section):
         return self
 
 
+class GRPOConfig(RLOOConfig):
+    """The GRPO baseline (Shao et al. 2024, "DeepSeekMath") through TRL's GRPOTrainer: k samples per prompt, each
+    rewarded exactly as RLOO's (minirlhf.reward.score_texts, the missing-EOS penalty); the advantage of a sample
+    is its reward minus the group's mean, divided by the group's std (`scale_rewards: group`), and the KL to SFT
+    is a loss term (beta), not part of the reward. Off by default: the demo's time budget has no room for it;
+    the comparison turns it on."""
+
+    enabled: bool = Field(False, description="train the GRPO baseline and evaluate it beside PPO")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        "grpo", description="TRL's loss aggregation: 'grpo' averages per sequence, then over the batch (the paper)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="divide advantages by the group's reward std (the paper), the batch's, or not at all")
+
+
 class EvalConfig(_Section):
     n_prompts: int = Field(200, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -277,9 +291,12 @@ class EnsembleConfig(_Section):
                           "disjoint from the proxy's: the heldout_gap signal")
 
 
+# The policies trained beside PPO, each a stage with a section of that name: a sweep over PPO's settings turns them off.
+BASELINES = ("dpo", "rloo", "grpo")
+
 # The gold-free reward-hacking signals, computed by minirlhf.hacking (each documented there).
-SIGNALS = ("ensemble_disagreement", "heldout_gap", "ood_share", "phrase_rise", "kl_acceleration", "entropy_drop",
-           "length_drift", "repetition")
+SIGNALS = ("ensemble_disagreement", "heldout_gap", "ood_share", "phrase_rise", "kl_acceleration", "kl_level",
+           "entropy_drop", "length_drift", "repetition")
 
 
 class HackingConfig(_Section):
@@ -334,6 +351,7 @@ class PipelineConfig(_Section):
     ppo: PPOConfig = PPOConfig()
     dpo: DPOConfig = DPOConfig()
     rloo: RLOOConfig = RLOOConfig()
+    grpo: GRPOConfig = GRPOConfig()
     eval: EvalConfig = EvalConfig()
     detect: DetectConfig = DetectConfig()
     ensemble: EnsembleConfig = EnsembleConfig()

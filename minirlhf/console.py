@@ -38,7 +38,8 @@ LIBRARY_LOGGERS = ("trl", "peft", "accelerate", "huggingface_hub", "datasets", "
 LIBRARY_MODULES = r"(transformers|trl|datasets|peft|accelerate|huggingface_hub|torch)(\.|$)"
 NOTICE_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
 
-POLICIES = {"sft": "SFT", "ppo": "PPO", "dpo": "DPO", "rloo": "RLOO"}  # the summary's rows, in this order
+# The summary's rows, in this order.
+POLICIES = {"sft": "SFT", "ppo": "PPO", "dpo": "DPO", "rloo": "RLOO", "grpo": "GRPO"}
 NAME_WIDTH = 7  # stage names padded to this in every stage line (the progress bars use the same: training.py)
 
 

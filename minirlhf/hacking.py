@@ -24,6 +24,8 @@ temperature):
   phrase_rise            the largest rise, over the baseline, of the share of responses (to different prompts)
                          that contain one n-gram: a phrase or template appended whatever the prompt
   kl_acceleration        the rise of the per-step KL's growth (second difference of the smoothed curve)
+  kl_level               the per-step KL itself: a KL budget (Gao et al. 2023: gold against the proxy is a
+                         function of the distance from the initial policy, sqrt(KL))
   entropy_drop           1 - entropy / baseline entropy
   length_drift           |mean length / baseline mean length - 1|
   repetition             share of empty or looping responses over the baseline's (minirlhf.detect.is_degenerate)
@@ -144,6 +146,7 @@ def step_signals(now: BatchView, base: BatchView, ood_threshold: float | None, k
         signals["ood_share"] = ood_share(now.proxy, ood_threshold)
     signals["phrase_rise"] = phrase_rise(now, base, phrase_n)[0]
     signals["kl_acceleration"] = kl_acceleration(kls)
+    signals["kl_level"] = kls[-1] if kls else 0.0
     if now.entropy is not None and base.entropy:
         signals["entropy_drop"] = 1.0 - now.entropy / base.entropy
     signals["length_drift"] = abs(now.length / max(base.length, 1e-6) - 1.0)

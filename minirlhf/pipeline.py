@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from minirlhf.config import PipelineConfig
+from minirlhf.config import BASELINES, PipelineConfig
 from minirlhf.console import print_stage_line, quiet_libraries, stage_failure_line
 from minirlhf.inputs import external_inputs
 from minirlhf.stage import StageResult, load_output
@@ -38,7 +38,7 @@ from minirlhf.store import Store, StoreLogger
 log = logging.getLogger("minirlhf")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-POLICY_STAGES = ("ppo", "dpo", "rloo")  # what the eval stage compares with SFT, when enabled
+POLICY_STAGES = ("ppo", *BASELINES)  # what the eval stage compares with SFT, when enabled
 # The kind of each stage's artifact row; the others: "checkpoint".
 ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration"}
 
@@ -87,6 +87,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "scoring.py", *TRAINING)),
     Stage("rloo", ("model", "rloo"), ("data", "sft", "reward"), "minirlhf.rloo:run_rloo",
           ("rloo.py", *SAMPLING, *TRAINING)),
+    Stage("grpo", ("model", "grpo"), ("data", "sft", "reward"), "minirlhf.grpo:run_grpo",
+          ("grpo.py", "rloo.py", *SAMPLING, *TRAINING)),
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
           ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
@@ -97,7 +99,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("calibration", (), (), "minirlhf.calibration:run_calibration",
           ("calibration.py", "hacking.py", "detect.py", "gao.py", "plots.py", *GOLD)),
 )}
-PIPELINE = ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "eval")  # the stages of one run, in order
+# The stages of one run, in order.
+PIPELINE = ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "grpo", "eval")
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).

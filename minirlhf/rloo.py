@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from datasets import Dataset
@@ -47,8 +47,9 @@ SUMMARY = ("reward", "proxy_reward", "gold_reward", "eos_rate", "kl", "loss", "e
 
 
 def reward_function(reward_model, rm_tokenizer, eos_token_id: int, missing_eos_penalty: float | None,
-                    logger: MetricLogger, sample_every: int) -> Callable[..., list[float]]:
-    """A reward function as RLOOTrainer calls it: f(prompts, completions, completion_ids, **kw) -> one float each."""
+                    logger: MetricLogger, sample_every: int, policy: str = "rloo") -> Callable[..., list[float]]:
+    """A reward function as RLOOTrainer and GRPOTrainer call it: f(prompts, completions, completion_ids, **kw) ->
+    one float each; samples land in the store under `policy`."""
 
     def penalised_score(prompts: list[str], completions: list[str], completion_ids: list[list[int]], intent=None,
                         log_metric=None, trainer_state=None, **kwargs) -> list[float]:
@@ -69,7 +70,7 @@ def reward_function(reward_model, rm_tokenizer, eos_token_id: int, missing_eos_p
             logger.log_samples([{"prompt": p, "response": c, "proxy_reward": float(s), "gold_reward": g, "intent": i}
                                 for p, c, s, g, i in list(zip(prompts, completions, scores.tolist(), gold,
                                                               intents))[:4]],
-                               step=step, policy="rloo")
+                               step=step, policy=policy)
         return rewards.tolist()
 
     return penalised_score
@@ -82,16 +83,17 @@ def truncate_prompts(prompts: list[str], tokenizer, max_prompt_length: int) -> l
             for p, i in zip(prompts, ids)]
 
 
-def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
-    r = cfg.rloo
-    # The TRL arguments every stage shares (offline, CPU/GPU, no checkpoints, no gradient checkpointing); RLOO
-    # counts optimiser steps, not epochs, and has no max_length (prompts are cut above, responses by length).
+def group_args(section, seed: int, output_dir: Path) -> dict:
+    """The TRL arguments RLOO and GRPO share (section: cfg.rloo or cfg.grpo)."""
+    r = section
+    # The TRL arguments every stage shares (offline, CPU/GPU, no checkpoints, no gradient checkpointing); RLOO and
+    # GRPO count optimiser steps, not epochs, and have no max_length (prompts are cut above, responses by length).
     shared = trainer_common_args(SimpleNamespace(learning_rate=r.learning_rate, num_train_epochs=1, max_steps=r.steps,
                                                  batch_size=r.batch_size, warmup_ratio=r.warmup_ratio,
                                                  weight_decay=r.weight_decay,
-                                                 logging_steps=1, max_length=None), cfg.seed, output_dir)
+                                                 logging_steps=1, max_length=None), seed, output_dir)
     del shared["max_length"]
-    return RLOOConfig(
+    return dict(
         **shared,
         num_generations=r.num_generations,
         beta=r.beta,
@@ -104,39 +106,52 @@ def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
     )
 
 
+def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
+    return RLOOConfig(**group_args(cfg.rloo, cfg.seed, output_dir))
+
+
 def run_rloo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, out_dir: Path,
              logger: MetricLogger | None = None) -> StageResult:
+    return run_group_baseline("rloo", RLOOTrainer, rloo_args, cfg, data_dir, sft_dir, reward_dir, out_dir, logger)
+
+
+def run_group_baseline(name: str, trainer_class, make_args: Callable[[PipelineConfig, Path], Any],
+                       cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, out_dir: Path,
+                       logger: MetricLogger | None = None) -> StageResult:
+    """A TRL group-sampling trainer (RLOOTrainer, GRPOTrainer) on PPO's prompts, from SFT, rewarded through
+    score_texts; metrics as `<name>/<metric>`."""
     logger = logger or NullLogger()
+    section = getattr(cfg, name)
     started = time.perf_counter()
     set_seed(cfg.seed)
-    tokenizer, policy = load_policy(str(sft_dir))  # RLOOTrainer loads the SFT reference itself, from this path
+    tokenizer, policy = load_policy(str(sft_dir))  # the trainer loads the SFT reference itself, from this path
     rm_tokenizer, reward_model = load_reward_model(str(reward_dir))
     reward_model.to(resolve_device(cfg.model.device)).eval().requires_grad_(False)
     rows = read_jsonl(Path(data_dir) / "rl_prompts.jsonl")  # PPO's prompts
     prompts = truncate_prompts([r["prompt"] for r in rows], tokenizer, cfg.model.max_prompt_length)
     dataset = Dataset.from_list([{"prompt": p, "intent": r.get("intent", "")} for p, r in zip(prompts, rows)])
-    result = StageResult("rloo", "", "")
+    result = StageResult(name, "", "")
     with stage_output(out_dir, result) as tmp:
-        trainer = RLOOTrainer(
+        trainer = trainer_class(
             model=policy,
             reward_funcs=reward_function(reward_model, rm_tokenizer, tokenizer.eos_token_id,
-                                         cfg.rloo.missing_eos_penalty, logger, cfg.rloo.sample_every),
-            args=rloo_args(cfg, tmp / "trainer"),
+                                         section.missing_eos_penalty, logger, section.sample_every, name),
+            args=make_args(cfg, tmp / "trainer"),
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[LogToStore("rloo/{}", logger, result.history)],
+            callbacks=[LogToStore(name + "/{}", logger, result.history)],
             peft_config=lora_config(cfg.model.lora, "CAUSAL_LM"),  # None: full fine-tuning
         )
         output, trainable, _ = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
-        result.metrics = {f"rloo/{name}": last_logged(result.history, f"rloo/{name}") for name in SUMMARY}
+        result.metrics = {f"{name}/{m}": last_logged(result.history, f"{name}/{m}") for m in SUMMARY}
         result.metrics = {k: v for k, v in result.metrics.items() if v is not None}
         result.metrics |= {
-            "rloo/train_loss_mean": float(output.training_loss),
-            "rloo/steps": float(output.global_step),
-            "rloo/trainable_params": float(trainable),
+            f"{name}/train_loss_mean": float(output.training_loss),
+            f"{name}/steps": float(output.global_step),
+            f"{name}/trainable_params": float(trainable),
         }
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
-        result.metrics["rloo/seconds"] = result.seconds
+        result.metrics[f"{name}/seconds"] = result.seconds
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from minirlhf.config import PipelineConfig, build_config
+from minirlhf.config import BASELINES, PipelineConfig, build_config
 from minirlhf.gao import d_star, fit_gao_rl
 from minirlhf.plots import plot_sweep
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
@@ -118,6 +118,6 @@ def point_config(config: PipelineConfig, kl_coef: float) -> PipelineConfig:
     depend on kl_coef)."""
     tree = config.model_dump(mode="json")
     tree["ppo"]["kl_coef"] = kl_coef
-    for baseline in ("dpo", "rloo"):
+    for baseline in BASELINES:
         tree[baseline]["enabled"] = False
     return build_config(tree, source=f"sweep point kl_coef={kl_coef}")

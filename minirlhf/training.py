@@ -25,6 +25,7 @@ BAR_FORMAT = "{desc:<7} {bar:20} {n_fmt}/{total_fmt} [{elapsed}<{remaining}{post
 # construction (leave-one-out advantages): its rewards and KL say how it goes, as PPO's line does.
 BAR_NUMBERS = {None: (("loss", "loss", ".4g"),),
                "rloo": (("proxy_reward", "proxy", ".2f"), ("gold_reward", "gold", ".2f"), ("kl", "kl", ".2f"))}
+BAR_NUMBERS["grpo"] = BAR_NUMBERS["rloo"]  # the same kind of trainer, the same numbers
 
 
 def progress_bar(stage: str, total: int, initial: int = 0) -> tqdm:

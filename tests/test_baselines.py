@@ -1,5 +1,5 @@
-"""The DPO and RLOO baselines: each moves the tiny SFT policy the way its objective says (slow tier), the eval stage
-compares every enabled policy, and a disabled baseline is neither run nor evaluated (wiring: fast tier)."""
+"""The DPO, RLOO and GRPO baselines: each moves the tiny SFT policy the way its objective says (slow tier), the eval
+stage compares every enabled policy, and a disabled baseline is neither run nor evaluated (wiring: fast tier)."""
 
 
 import pytest
@@ -15,7 +15,8 @@ from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from tests.test_ppo import TINY
 
-POLICIES = ("sft", "ppo", "dpo", "rloo")
+POLICIES = ("sft", "ppo", "dpo", "rloo", "grpo")
+GROUP_METHODS = ("rloo", "grpo")  # TRL's group-sampling trainers, rewarded alike (minirlhf.rloo.reward_function)
 
 
 # ---- wiring (fast): which stages run, and what the eval stage's key holds ---------------------------------------
@@ -26,8 +27,8 @@ def _fake_results(cfg) -> dict[str, StageResult]:
 def test_a_disabled_baseline_is_not_run_nor_upstream_of_eval():
     on = load_config(None)
     off = load_config(None, ["rloo.enabled=false"])
-    assert PIPELINE == ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "eval")
-    assert enabled_stages(on) == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")  # the ensemble: off
+    assert PIPELINE == ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "grpo", "eval")
+    assert enabled_stages(on) == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")  # ensemble, grpo: off
     assert enabled_stages(off) == ("data", "sft", "reward", "ppo", "dpo", "eval")
     assert upstream_of(on, "eval") == ("data", "sft", "reward", "ppo", "dpo", "rloo")
     assert upstream_of(off, "eval") == ("data", "sft", "reward", "ppo", "dpo")
@@ -51,8 +52,8 @@ def test_eval_key_changes_with_the_set_of_policies():
 # ---- tiny stage runs (slow) ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """The whole tiny pipeline once: every enabled stage, the baselines included."""
-    cfg = load_config(None, TINY + [f"output_dir={tmp_path_factory.mktemp('baselines')}"])
+    """The whole tiny pipeline once: every enabled stage, the baselines (GRPO too) included."""
+    cfg = load_config(None, TINY + ["grpo.enabled=true", f"output_dir={tmp_path_factory.mktemp('baselines')}"])
     return cfg, run_pipeline(cfg)
 
 
@@ -93,49 +94,53 @@ def test_dpo_moves_the_policy_toward_the_chosen_responses(tiny_run):
     assert results["dpo"].metrics["dpo/rewards/accuracies"] > 0.5
 
 
-def penalised_scores(policy, tokenizer, rm, rm_tokenizer, prompts: list[str], cfg) -> torch.Tensor:
-    """(n,) what RLOO maximises before its KL term: the reward-model score of a fresh sample of at most
-    `rloo.max_new_tokens` tokens, plus `rloo.missing_eos_penalty` where the sample has no EOS."""
-    sampling = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_new_tokens": cfg.rloo.max_new_tokens,
-                                                                          "temperature": cfg.rloo.temperature})})
+def penalised_scores(policy, tokenizer, rm, rm_tokenizer, prompts: list[str], cfg, method: str) -> torch.Tensor:
+    """(n,) what RLOO and GRPO maximise before their KL term: the reward-model score of a fresh sample of at most
+    `<method>.max_new_tokens` tokens, plus `<method>.missing_eos_penalty` where the sample has no EOS."""
+    section = getattr(cfg, method)
+    sampling = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_new_tokens": section.max_new_tokens,
+                                                                          "temperature": section.temperature})})
     batches = sample(policy, tokenizer, prompts, sampling, seed=7)
     texts = [t for batch in batches for t in batch[0]]
     has_eos = torch.cat([batch[3] for batch in batches])
-    return score_texts(rm, rm_tokenizer, prompts, texts) + cfg.rloo.missing_eos_penalty * (~has_eos).float()
+    return score_texts(rm, rm_tokenizer, prompts, texts) + section.missing_eos_penalty * (~has_eos).float()
 
 
 @pytest.mark.slow
-def test_rloo_raises_the_reward_it_is_trained_on(tiny_run):
+@pytest.mark.parametrize("method", GROUP_METHODS)
+def test_group_baselines_raise_the_reward_they_are_trained_on(tiny_run, method):
     cfg, results = tiny_run
     # 256 samples
     prompts = [r["prompt"] for r in read_jsonl(results["data"].path(cfg.output_dir) / "rl_prompts.jsonl")] * 4
     rm_tokenizer, rm = load_reward_model(str(results["reward"].path(cfg.output_dir)))
     tokenizer, sft = load_policy(str(results["sft"].path(cfg.output_dir)))
-    _, rloo = load_policy(str(results["rloo"].path(cfg.output_dir)))
-    before = penalised_scores(sft, tokenizer, rm, rm_tokenizer, prompts, cfg).mean()
-    after = penalised_scores(rloo, tokenizer, rm, rm_tokenizer, prompts, cfg).mean()
+    _, trained = load_policy(str(results[method].path(cfg.output_dir)))
+    before = penalised_scores(sft, tokenizer, rm, rm_tokenizer, prompts, cfg, method).mean()
+    after = penalised_scores(trained, tokenizer, rm, rm_tokenizer, prompts, cfg, method).mean()
     assert after > before + 0.1, (float(before), float(after))
 
 
 @pytest.mark.slow
-def test_rloo_logs_every_step_with_its_own_eos_check_agreeing_with_trl(tiny_run):
+@pytest.mark.parametrize("method", GROUP_METHODS)
+def test_group_baselines_log_every_step_with_their_eos_check_agreeing_with_trl(tiny_run, method):
     cfg, results = tiny_run
-    history = {row["step"]: row for row in results["rloo"].history if "rloo/reward" in row}
-    assert sorted(history) == list(range(1, cfg.rloo.steps + 1))
+    steps_asked = getattr(cfg, method).steps
+    history = {row["step"]: row for row in results[method].history if f"{method}/reward" in row}
+    assert sorted(history) == list(range(1, steps_asked + 1))
     for row in history.values():
-        for name in ("rloo/reward", "rloo/proxy_reward", "rloo/gold_reward", "rloo/kl", "rloo/eos_rate"):
-            assert name in row, name
+        for name in ("reward", "proxy_reward", "gold_reward", "kl", "eos_rate"):
+            assert f"{method}/{name}" in row, name
         # Our reward function's EOS test (missing-EOS penalty) and TRL's truncation count see the same samples.
-        assert row["rloo/eos_rate"] == pytest.approx(1 - row["rloo/completions/clipped_ratio"])
+        assert row[f"{method}/eos_rate"] == pytest.approx(1 - row[f"{method}/completions/clipped_ratio"])
     store = Store.for_output_dir(cfg.output_dir)
-    steps = store.query("select distinct step from metrics where name = 'rloo/gold_reward' "
+    steps = store.query(f"select distinct step from metrics where name = '{method}/gold_reward' "
                         "order by step")["step"].tolist()
-    assert steps == list(range(1, cfg.rloo.steps + 1))
-    assert len(store.query("select * from samples where policy = 'rloo' and step > 0")) > 0
+    assert steps == list(range(1, steps_asked + 1))
+    assert len(store.query(f"select * from samples where policy = '{method}' and step > 0")) > 0
 
 
 @pytest.mark.slow
-def test_eval_compares_all_four_policies(tiny_run):
+def test_eval_compares_every_policy(tiny_run):
     cfg, results = tiny_run
     assert list(results) == list(enabled_stages(cfg))
     metrics = results["eval"].metrics
@@ -153,8 +158,8 @@ def test_a_disabled_baseline_is_absent_from_the_run_and_the_eval(tiny_run):
     cfg, results = tiny_run
     off = cfg.model_copy(update={"rloo": cfg.rloo.model_copy(update={"enabled": False})})
     again = run_pipeline(off)  # same output root: the other stages are reused, the eval is a new one
-    assert list(again) == ["data", "sft", "reward", "ppo", "dpo", "eval"]
-    assert all(again[s].cache_hit for s in ("data", "sft", "reward", "ppo", "dpo"))
+    assert list(again) == ["data", "sft", "reward", "ppo", "dpo", "grpo", "eval"]
+    assert all(again[s].cache_hit for s in ("data", "sft", "reward", "ppo", "dpo", "grpo"))
     assert not again["eval"].cache_hit and again["eval"].output_dir != results["eval"].output_dir
     assert not [name for name in again["eval"].metrics if "/rloo/" in name]
     assert "eval/dpo/gold_reward" in again["eval"].metrics
@@ -162,4 +167,4 @@ def test_a_disabled_baseline_is_absent_from_the_run_and_the_eval(tiny_run):
     run_id = store.query("select run_id from runs order by started_at desc limit 1")["run_id"][0]
     stages = store.query("select stage from stage_runs where run_id = ? order by started_at",
                          [run_id])["stage"].tolist()
-    assert stages == ["data", "sft", "reward", "ppo", "dpo", "eval"]
+    assert stages == ["data", "sft", "reward", "ppo", "dpo", "grpo", "eval"]

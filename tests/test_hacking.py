@@ -1,6 +1,7 @@
 """The gold-free reward-hacking signals, the early warning and the gold onset (minirlhf.hacking), against naive
 references and hand-made cases."""
 
+import json
 import math
 import random
 import statistics
@@ -73,14 +74,16 @@ def test_step_signals_on_the_baseline_are_neutral():
                      heldout=[0.0, 1.0], entropy=2.0)
     signals = step_signals(view, view, ood_threshold=5.0, kls=[0.0])
     assert signals == {"ensemble_disagreement": pytest.approx(1.0), "heldout_gap": pytest.approx(0.0),
-                       "ood_share": 0.0, "phrase_rise": 0.0, "kl_acceleration": 0.0, "entropy_drop": 0.0,
+                       "ood_share": 0.0, "phrase_rise": 0.0, "kl_acceleration": 0.0, "kl_level": 0.0,
+                       "entropy_drop": 0.0,
                        "length_drift": 0.0, "repetition": 0.0}
 
 
 def test_step_signals_without_ensemble_or_ood_threshold_leave_those_out():
     view = BatchView(["a b c"], ["p"], [0.1])
-    assert set(step_signals(view, view, None, [0.0])) == {"phrase_rise", "kl_acceleration", "length_drift",
-                                                          "repetition"}
+    assert set(step_signals(view, view, None, [0.0])) == {"phrase_rise", "kl_acceleration", "kl_level",
+                                                          "length_drift", "repetition"}
+    assert step_signals(view, view, None, [0.5, 2.5])["kl_level"] == 2.5  # the newest step's KL
 
 
 def test_first_fire_needs_patience_and_respects_warmup():
@@ -197,3 +200,40 @@ def test_leave_one_seed_out_scores_every_run_once_out_of_sample():
     assert a.recall == 1.0 and a.false_alarms == 0 and a.median_lead == 2
     assert [f["held_out"] for f in result["folds"]] == [1, 2, 3]
     assert set(result["fires"]) == {r.name for r in runs}
+
+
+def write_curve(run, folder):
+    folder.mkdir(parents=True)
+    rows = [{"step": s, "ppo/gold_reward": g, "ppo/proxy_reward": p,
+             **{f"ppo/signal/{k}": v[i] for k, v in run.signals.items()}}
+            for i, (s, g, p) in enumerate(zip(run.steps, run.gold, run.proxy))]
+    (folder / "curve.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return {"name": run.name, "kl_coef": run.kl_coef, "seed": run.seed, "defended": False, "ppo_dir": folder}
+
+
+def test_a_defended_run_warns_by_thresholds_chosen_without_its_seed(tmp_path):
+    """held_out_warnings: seed s's warning is the fold that left s out; what s's own runs did cannot change it."""
+    from minirlhf.calibration import held_out_warnings
+    from minirlhf.config import load_config
+
+    cfg = load_config(None).model_copy(update={"hacking": load_config(None).hacking.model_copy(
+        update={"onset_window": 1})})
+
+    def points(rise_at_seed3, folder):
+        runs = []
+        for seed in (1, 2, 3):
+            rise = rise_at_seed3 if seed == 3 else 9
+            runs += [synthetic_run(f"h{seed}{i}", seed, True, signal_rise_at=rise) for i in range(2)]
+            runs += [synthetic_run(f"ok{seed}{i}", seed, False) for i in range(2)]
+        return [write_curve(r, tmp_path / folder / r.name) for r in runs]
+
+    warnings = held_out_warnings(cfg, points(9, "same"), detectors=("a", "b"))
+    assert set(warnings) == {1, 2, 3}
+    assert all(set(w["thresholds"]) == {"a"} and w["min_signals"] == 1 for w in warnings.values())
+    assert 0.2 < warnings[3]["thresholds"]["a"] <= 1.0
+    # Seed 3's hacked runs never show the signal: the folds that train on seed 3 change, seed 3's own does not.
+    changed = held_out_warnings(cfg, points(None, "seed3-silent"), detectors=("a", "b"))
+    assert changed[3] == warnings[3]
+    assert changed[1] != warnings[1]
+    fixed = held_out_warnings(cfg, points(9, "split"), train_seeds=(1,), detectors=("a", "b"))
+    assert fixed[1] == fixed[2] == fixed[3]

@@ -26,6 +26,7 @@ TINY = [
     # The baselines (tests/test_baselines.py): a few seconds each, enough to move the tiny policy measurably.
     "dpo.max_steps=6", "dpo.batch_size=8", "dpo.learning_rate=1e-3",
     "rloo.steps=4", "rloo.batch_size=16", "rloo.learning_rate=5e-3", "rloo.max_new_tokens=12", "rloo.sample_every=2",
+    "grpo.steps=4", "grpo.batch_size=16", "grpo.learning_rate=5e-3", "grpo.max_new_tokens=12", "grpo.sample_every=2",
 ]
 WORKER = Path(__file__).with_name("ppo_worker.py")
 REQUIRED = ["ppo/kl", "ppo/proxy_reward", "ppo/gold_reward", "ppo/non_score_reward", "ppo/entropy",
