@@ -4,6 +4,7 @@ Usage:
     minirlhf flow [--config configs/demo.yaml] [--set ppo.kl_coef=0.1]   # the pipeline as a Prefect flow
     minirlhf sweep [--config ...] [--kl-coefs 0.5,0.2,0.1,0.05]           # the over-optimisation sweep flow
     minirlhf calibrate --config configs/calibration.yaml                  # the reward-hacking calibration flow
+    minirlhf compare [--config ...] [--seeds 1,2,3] [--vary-all]          # the methods over seeds, with intervals
     minirlhf serve [--config ...] [--cron "0 3 * * *"]                   # a deployment served by this process
     minirlhf run | query | report | ...                                    # see `minirlhf --help`
     minirlhf flow --verbose     # every library warning and bar, Prefect's INFO lines (default: the UI's logs only)
@@ -187,6 +188,40 @@ def calibrate(
     console.print(f"\n[bold]{cfg.name}[/bold]: calibration in {time.perf_counter() - started:.1f} s")
     console.print(calibration_markdown(result), markup=False)
     console.print(f"figure and tables: {result.path(cfg.output_dir)}/", markup=False)
+
+
+@app.command()
+def compare(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds, each method trained once from each")] = "1,2,3",
+    vary_all: Annotated[bool, typer.Option(help="retrain SFT and the reward model from each seed too")] = False,
+    equal_episodes: Annotated[bool, typer.Option(
+        help="RLOO and GRPO sample as many episodes as PPO (their steps adjusted)")] = True,
+    verbose: VerboseOpt = False,
+    ephemeral: EphemeralOpt = False,
+) -> None:
+    """The comparison of the policy methods (Prefect flow `compare-methods`): PPO, DPO, RLOO and GRPO trained from
+    each seed, evaluated on the same prompts; means with 95% paired-bootstrap intervals over seeds and prompts."""
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--seeds is comma-separated integers, e.g. --seeds 1,2,3 (got {seeds!r})") from None
+    if len(set(seed_list)) < 2:
+        raise UserError(f"--seeds needs at least two different seeds for an interval over seeds (got {seeds!r})")
+    cfg = _load(config, set_)
+    check_before_run(cfg)
+    quiet_prefect_console(verbose)
+    choose_server(ephemeral)
+    from flows.compare import compare_markdown, compare_methods
+
+    route_library_logs()
+    started = time.perf_counter()
+    result = flow_result(compare_methods(cfg, seeds=seed_list, vary_all=vary_all, equal_episodes=equal_episodes,
+                                         return_state=True), "comparison flow run")
+    console.print(f"\n[bold]{cfg.name}[/bold]: {len(set(seed_list))} seeds compared in "
+                  f"{time.perf_counter() - started:.1f} s")
+    console.print(compare_markdown(result), markup=False)
 
 
 @app.command()

@@ -193,6 +193,8 @@ class DPOConfig(_Section):
     model, the SFT model as the reference, no reward model and no sampling."""
 
     enabled: bool = Field(True, description="train the DPO baseline and evaluate it beside PPO")
+    seed: int | None = Field(None, description="this baseline's own seed (data order, sampling, LoRA init); None: "
+                             "the top-level seed. Seeds it alone, reusing data, SFT and the reward model")
     beta: float = Field(0.1, gt=0, description="DPO's beta: strength of the implicit KL to the SFT reference")
     # Demo: 80 steps x 16 pairs (about half an epoch) beat SFT on gold; lr 2e-4 over-optimised (KL 16, gold at SFT's).
     learning_rate: float = Field(1e-4, gt=0, le=1)
@@ -211,6 +213,8 @@ class RLOOConfig(_Section):
     mean reward of the other k-1 samples as its baseline; no value model."""
 
     enabled: bool = Field(True, description="train the RLOO baseline and evaluate it beside PPO")
+    seed: int | None = Field(None, description="this baseline's own seed (data order, sampling, LoRA init); None: "
+                             "the top-level seed. Seeds it alone, reusing data, SFT and the reward model")
     num_generations: int = Field(4, ge=2, description="k: samples per prompt (the leave-one-out baseline needs k >= 2)")
     beta: float = Field(0.05, ge=0, description="KL coefficient: reward - beta * sum_t log(pi/pi_sft)")
     learning_rate: float = Field(3e-4, gt=0, le=1)
@@ -370,6 +374,12 @@ class PipelineConfig(_Section):
         of the config a stage's cache key depends on."""
         dumped = self.model_dump(mode="json", exclude=exclude)
         return json.dumps({s: dumped[s] for s in sections}, sort_keys=True)
+
+
+def method_seed(cfg: "PipelineConfig", method: str) -> int:
+    """A policy method's own seed (`<method>.seed`: ppo, dpo, rloo, grpo), else the pipeline's."""
+    own = getattr(cfg, method).seed
+    return cfg.seed if own is None else own
 
 
 class ConfigError(UserError, ValueError):

@@ -27,7 +27,7 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from minirlhf.config import PipelineConfig
+from minirlhf.config import PipelineConfig, method_seed
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_policy, lora_config
 from minirlhf.scoring import fit_to_length
@@ -43,7 +43,7 @@ def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
             logger: MetricLogger | None = None) -> StageResult:
     logger = logger or NullLogger()
     started = time.perf_counter()
-    set_seed(cfg.seed)
+    set_seed(method_seed(cfg, "dpo"))
     tokenizer, policy = load_policy(str(sft_dir))
     # The reference is a frozen copy of SFT. With LoRA, TRL uses the policy with its adapters switched off instead.
     ref_policy = None if cfg.model.lora.enabled else load_policy(str(sft_dir))[1]
@@ -54,7 +54,7 @@ def run_dpo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
     result = StageResult("dpo", "", "")
     with stage_output(out_dir, result) as tmp:
         args = DPOConfig(
-            **trainer_common_args(cfg.dpo, cfg.seed, tmp / "trainer"),
+            **trainer_common_args(cfg.dpo, method_seed(cfg, "dpo"), tmp / "trainer"),
             beta=cfg.dpo.beta,
             # TRL appends EOS to chosen and rejected (as RewardTrainer does), so DPO also learns where to stop.
         )

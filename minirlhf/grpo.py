@@ -21,13 +21,13 @@ from pathlib import Path
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import GRPOTrainer
 
-from minirlhf.config import PipelineConfig
+from minirlhf.config import PipelineConfig, method_seed
 from minirlhf.rloo import group_args, run_group_baseline
 from minirlhf.stage import MetricLogger, StageResult
 
 
 def grpo_args(cfg: PipelineConfig, output_dir: Path) -> TRLGRPOConfig:
-    return TRLGRPOConfig(**group_args(cfg.grpo, cfg.seed, output_dir), loss_type=cfg.grpo.loss_type,
+    return TRLGRPOConfig(**group_args(cfg.grpo, method_seed(cfg, "grpo"), output_dir), loss_type=cfg.grpo.loss_type,
                          scale_rewards=cfg.grpo.scale_rewards)
 
 

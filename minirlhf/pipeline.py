@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from minirlhf.compare import episodes
 from minirlhf.config import BASELINES, PipelineConfig
 from minirlhf.console import print_stage_line, quiet_libraries, stage_failure_line
 from minirlhf.inputs import external_inputs
@@ -40,7 +41,8 @@ log = logging.getLogger("minirlhf")
 PACKAGE_DIR = Path(__file__).resolve().parent
 POLICY_STAGES = ("ppo", *BASELINES)  # what the eval stage compares with SFT, when enabled
 # The kind of each stage's artifact row; the others: "checkpoint".
-ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration"}
+ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration",
+                  "compare": "comparison"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # without the defence (plan_calibration).
     Stage("calibration", (), (), "minirlhf.calibration:run_calibration",
           ("calibration.py", "hacking.py", "detect.py", "gao.py", "plots.py", *GOLD)),
+    # The comparison of the policy methods over seeds: its upstream are one eval output per seed (plan_compare).
+    Stage("compare", (), (), "minirlhf.compare:run_compare", ("compare.py", "stats.py")),
 )}
 # The stages of one run, in order.
 PIPELINE = ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "grpo", "eval")
@@ -214,6 +218,17 @@ def plan_calibration(cfg: PipelineConfig, points: list[dict], train_seeds: list[
     inputs = [{"name": p["name"], "kl_coef": p["kl_coef"], "seed": p["seed"], "defended": p["defended"],
                "ppo_dir": p["ppo"].path(cfg.output_dir), "eval_dir": p["eval"].path(cfg.output_dir)} for p in points]
     return StageSpec("calibration", cfg, key, {"points": inputs, "train_seeds": tuple(train_seeds)})
+
+
+def plan_compare(cfg: PipelineConfig, points: list[dict]) -> StageSpec:
+    """The comparison's spec. points: {seed, eval: StageResult, seconds: {method: s}}, one per seed; its key covers
+    the seeds, the budgets and every eval digest (the training seconds are reported, not keyed)."""
+    points = sorted(points, key=lambda p: p["seed"])
+    meta = json.dumps([[p["seed"] for p in points], episodes(cfg), cfg.seed])
+    key = stage_key("compare", meta, [p["eval"].sha256 for p in points], {})
+    inputs = [{"seed": p["seed"], "eval_dir": p["eval"].path(cfg.output_dir), "seconds": p["seconds"]}
+              for p in points]
+    return StageSpec("compare", cfg, key, {"points": inputs})
 
 
 def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...] | None = None) -> list[str]:

@@ -35,7 +35,7 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import RLOOConfig, RLOOTrainer
 
-from minirlhf.config import PipelineConfig
+from minirlhf.config import PipelineConfig, method_seed
 from minirlhf.data.gold import gold_or_none
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_policy, load_reward_model, lora_config, resolve_device
@@ -107,7 +107,7 @@ def group_args(section, seed: int, output_dir: Path) -> dict:
 
 
 def rloo_args(cfg: PipelineConfig, output_dir: Path) -> RLOOConfig:
-    return RLOOConfig(**group_args(cfg.rloo, cfg.seed, output_dir))
+    return RLOOConfig(**group_args(cfg.rloo, method_seed(cfg, "rloo"), output_dir))
 
 
 def run_rloo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path, out_dir: Path,
@@ -123,7 +123,7 @@ def run_group_baseline(name: str, trainer_class, make_args: Callable[[PipelineCo
     logger = logger or NullLogger()
     section = getattr(cfg, name)
     started = time.perf_counter()
-    set_seed(cfg.seed)
+    set_seed(method_seed(cfg, name))
     tokenizer, policy = load_policy(str(sft_dir))  # the trainer loads the SFT reference itself, from this path
     rm_tokenizer, reward_model = load_reward_model(str(reward_dir))
     reward_model.to(resolve_device(cfg.model.device)).eval().requires_grad_(False)

@@ -6,6 +6,7 @@ Usage:
 """
 
 from tasks.calibration import calibration_task
+from tasks.compare import compare_task
 from tasks.common import RESULTS_DIRNAME, cache_key, retry_condition, run_stage_task, stage_task
 from tasks.data import data_task
 from tasks.dpo import dpo_task
@@ -21,6 +22,6 @@ from tasks.sweep import sweep_task
 STAGE_TASKS = {"data": data_task, "sft": sft_task, "reward": reward_task, "ensemble": ensemble_task,
                "ppo": ppo_task, "dpo": dpo_task,
                "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "sweep": sweep_task,
-               "calibration": calibration_task}
+               "calibration": calibration_task, "compare": compare_task}
 
 __all__ = ["RESULTS_DIRNAME", "STAGE_TASKS", "cache_key", "retry_condition", "run_stage_task", "stage_task"]

@@ -214,13 +214,13 @@ def test_prefect_yaml_deployments_match_the_flow():
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep", "rlhf-calibration"}
+    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep", "rlhf-calibration", "rlhf-compare"}
     assert [s["cron"] for s in deployments["rlhf-nightly"].get("schedules", [])] == ["0 3 * * *"]
     assert not deployments["rlhf-demo"].get("schedules")
     demo = load_config(REPO / "configs" / "demo.yaml")
     calibration = load_config(REPO / "configs" / "calibration.yaml")
     flows = {"rlhf-demo": "rlhf-pipeline", "rlhf-nightly": "rlhf-pipeline", "rlhf-sweep": "overoptimization-sweep",
-             "rlhf-calibration": "hacking-calibration"}
+             "rlhf-calibration": "hacking-calibration", "rlhf-compare": "compare-methods"}
     for name, d in deployments.items():
         assert d["work_pool"]["name"] == "minirlhf-pool"
         flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
@@ -228,6 +228,7 @@ def test_prefect_yaml_deployments_match_the_flow():
         params = flow.validate_parameters(d["parameters"])  # the server validates the same way
         assert params["config"] == (calibration if name == "rlhf-calibration" else demo)
     assert deployments["rlhf-sweep"]["parameters"]["kl_coefs"] == [0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
+    assert deployments["rlhf-compare"]["parameters"]["seeds"] == [1, 2, 3]
 
 
 def test_flow_parameter_is_a_form_with_the_config_limits():
