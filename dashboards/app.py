@@ -185,6 +185,30 @@ def page_comparison() -> None:
         x=alt.X("reward:N", title=None, axis=alt.Axis(labelAngle=0)), xOffset="policy:N",
         y=alt.Y("mean:Q", title="mean reward"),
         color="policy:N", tooltip=["policy", "reward", "mean"]).properties(height=300))
+    compare_over_seeds()
+
+
+def compare_over_seeds() -> None:
+    """The newest comparison over seeds (minirlhf compare): each method's gold gain and win rate with intervals."""
+    table = load("compare")
+    st.subheader("Over seeds, with 95% intervals")
+    if table.empty:
+        st.info("No comparison over seeds yet: `minirlhf compare --config configs/demo.yaml --seeds 1,2,3` trains "
+                "every method from each seed and draws the intervals here.")
+        return
+    table = table[table["run_id"] == table["run_id"].iloc[0]]
+    methods = table[(table["policy"] != "sft") & ~table["policy"].str.contains("_vs_")]
+    st.caption("Each method trained from every seed, all answering the same prompts; intervals: paired bootstrap over "
+               "seeds and prompts. Overlapping intervals mean the data cannot tell the two apart.")
+    for value, low, high, title in (("gold_gain", "gold_gain_low", "gold_gain_high", "gold gain over SFT"),
+                                    ("win_rate_gold", "win_rate_gold_low", "win_rate_gold_high",
+                                     "gold win rate against SFT")):
+        base = alt.Chart(methods).encode(y=alt.Y("policy:N", title=None))
+        st.altair_chart((base.mark_rule().encode(x=alt.X(f"{low}:Q", title=title), x2=f"{high}:Q")
+                         + base.mark_point(filled=True, size=60).encode(
+                             x=f"{value}:Q", tooltip=["policy", value, low, high, "episodes", "seconds"]))
+                        .properties(height=40 * len(methods) + 40))
+    st.dataframe(table.drop(columns=["run_id", "started_at"]).set_index("policy"))
 
 
 def page_samples() -> None:

@@ -61,6 +61,7 @@ SEVERITY_ORDER = ("critical", "error", "warning", "info")
 RUN_HINT = "minirlhf run --config configs/demo.yaml"
 SWEEP_HINT = "minirlhf sweep --config configs/demo.yaml"
 CALIBRATION_HINT = "minirlhf calibrate --config configs/calibration.yaml"
+COMPARE_HINT = "minirlhf compare --config configs/demo.yaml --seeds 1,2,3"
 RM_METRICS = {  # name in the store -> what it measures (minirlhf/reward.py)
     "reward/accuracy": "held-out pairwise accuracy against the (noisy) preference labels",
     "reward/label_ceiling": "how often the noiseless gold choice agrees with those labels: the best accuracy possible",
@@ -183,6 +184,7 @@ def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, swee
             section_reward_model(store, run_id, figures),
             section_training_curves(store, run_id, figures),
             section_policy_comparison(store, run_id, figures),
+            section_compare(store),
             section_sweep(store, sweep_run_id, figures),
             section_hacking(store, figures),
             section_samples(store, run_id, n_samples),
@@ -330,6 +332,40 @@ def section_policy_comparison(store: Store, run_id: str, figures: FigureFolder) 
               "for KL and win rates.", "", _table(["policy"] + [COMPARISON_COLUMNS[c] for c in columns], rows), "",
               ReportFigure(figures.draw("policy_rewards.png", plot_policy_rewards, table),
                            "gold and proxy reward per policy", "comparison", run_id)]
+    return lines
+
+
+def section_compare(store: Store) -> list[Block]:
+    """The newest comparison of the methods over seeds (minirlhf/compare.py): means with 95% intervals, and which
+    differences the intervals do not support."""
+    lines: list[Block] = ["## Policy methods over seeds", ""]
+    table = _query(store, "compare")
+    if table.empty:
+        return lines + [_missing("comparison over seeds", COMPARE_HINT)]
+
+    def ci(r, name: str, digits: int = 3) -> str:
+        if not _present(r.get(name)):
+            return ""
+        return f"{_num(r[name], digits)} [{_num(r[name + '_low'], digits)}, {_num(r[name + '_high'], digits)}]"
+
+    single = table[~table["policy"].str.contains("_vs_")].sort_values("policy", key=lambda s: s.map(policy_rank))
+    pairs = table[table["policy"].str.contains("_vs_")]
+    first = table.iloc[0]
+    lines += [f"Comparison run `{first['run_id'][:12]}` (started {first['started_at']:%Y-%m-%d %H:%M} UTC): every "
+              "method trained from each seed, all answering the same held-out prompts; mean over seeds and prompts "
+              "with its 95% paired-bootstrap interval (seeds, then prompts). Budget: sampled episodes for the RL "
+              "methods, preference pairs seen for DPO.", "",
+              _table(["policy", "gold", "gold gain over SFT", "gold win rate vs SFT", "proxy", "KL", "budget",
+                      "train s"],
+                     [(f"**{r['policy']}**", ci(r, "gold"), ci(r, "gold_gain"), ci(r, "win_rate_gold"),
+                       ci(r, "proxy"), ci(r, "kl", 2), _int(r.get("episodes")), _num(r.get("seconds"), 1))
+                      for _, r in single.iterrows()])]
+    if not pairs.empty:
+        verdicts = [(r["policy"].replace("_vs_", " vs "), ci(r, "win_rate_gold"), ci(r, "gold_gain"),
+                     "yes" if (r["gold_gain_low"] > 0 or r["gold_gain_high"] < 0) else "no: the interval holds 0")
+                    for _, r in pairs.iterrows()]
+        lines += ["", "Method against method, on the same prompts and seeds:", "",
+                  _table(["pair", "gold win rate (first wins)", "gold difference", "distinguishable?"], verdicts)]
     return lines
 
 

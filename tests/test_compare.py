@@ -97,6 +97,14 @@ def test_the_compare_stage_over_two_tiny_seeds(tmp_path):
     view = store.query("select policy, gold, gold_low, gold_high from v_compare order by policy")
     assert {"sft", "ppo", "grpo", "ppo_vs_grpo"} <= set(view["policy"])
     assert (view["gold_low"].dropna() <= view["gold_high"].dropna()).all()
+    # The report shows each method with its interval, and says which differences the intervals support.
+    from minirlhf.report import report_markdown
+
+    text = report_markdown(store.path, tmp_path / "report")
+    section = text.split("## Policy methods over seeds", 1)[1].split("\n## ", 1)[0]
+    ppo_row = next(line for line in section.splitlines() if line.startswith("| **ppo** |"))
+    assert ppo_row.count("[") >= 3, ppo_row  # gold, gain, win rate each with [low, high]
+    assert "| ppo vs grpo |" in section and "distinguishable?" in section
     # Unchanged inputs: the comparison is reused.
     with store.run({"compare": True}) as run_id:
         assert run_stage(plan_compare(seed_config(base, 1), points), store, run_id).cache_hit
