@@ -255,6 +255,13 @@ class GRPOConfig(RLOOConfig):
         "group", description="divide advantages by the group's reward std (the paper), the batch's, or not at all")
 
 
+class InterpretConfig(_Section):
+    """What the reward model computes (minirlhf/interpret.py): linear probes per layer for the embedded task's
+    features and leave-one-out token attributions. Off by default (a few seconds on the demo's reward model)."""
+
+    enabled: bool = False
+
+
 class EvalConfig(_Section):
     n_prompts: int = Field(200, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -356,6 +363,7 @@ class PipelineConfig(_Section):
     dpo: DPOConfig = DPOConfig()
     rloo: RLOOConfig = RLOOConfig()
     grpo: GRPOConfig = GRPOConfig()
+    interpret: InterpretConfig = InterpretConfig()
     eval: EvalConfig = EvalConfig()
     detect: DetectConfig = DetectConfig()
     ensemble: EnsembleConfig = EnsembleConfig()

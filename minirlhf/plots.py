@@ -234,6 +234,39 @@ def plot_calibration(runs: list[dict], thresholds: dict[str, float], path: Path,
     return _save(fig, path)
 
 
+# ---- what the reward model computes ----------------------------------------------------------------------
+def plot_probes(table: dict, path: Path) -> Path:
+    """Held-out probe score against layer, one line per feature (accuracy for the binary features, R² for length),
+    the dotted line of each its baseline (majority class; 0 for R²). table: minirlhf.interpret.probe_layers."""
+    fig = new_figure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (feature, row) in enumerate(table.items()):
+        color = f"C{i}"
+        label = f"{feature} ({'accuracy' if row['binary'] else 'R²'})"
+        ax.plot(range(len(row["layers"])), row["layers"], marker="o", color=color, label=label)
+        ax.axhline(row["baseline"], color=color, lw=0.7, ls=":")
+    ax.set_xlabel("layer (0: embeddings)")
+    ax.set_ylabel("held-out probe score")
+    ax.set_title("Linear probes on the reward model's last-token hidden state")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_attribution(name: str, tokens: list, path: Path) -> Path:
+    """One bar per response token: the score minus the score without that token (leave-one-out)."""
+    fig = new_figure(figsize=(max(5, 0.45 * len(tokens) + 1.5), 3.2), layout="constrained")
+    ax = fig.subplots()
+    values = [float(v) for _, v in tokens]
+    ax.bar(range(len(values)), values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    ax.set_xticks(range(len(values)), [repr(t)[1:-1] for t, _ in tokens], rotation=70, fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("score - score without the token")
+    ax.set_title(f"Token attribution: {name}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def new_figure(**kwargs):
     """A matplotlib Figure (object API, no pyplot). matplotlib is imported here, when a figure is drawn: a report
     whose figures are all up to date (report.py redraws only changed data) never loads it."""

@@ -182,6 +182,7 @@ def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, swee
         sections = [
             section_header(store, run_id, db_path),
             section_reward_model(store, run_id, figures),
+            section_interpret(store, run_id, figures),
             section_training_curves(store, run_id, figures),
             section_policy_comparison(store, run_id, figures),
             section_compare(store),
@@ -268,6 +269,35 @@ def section_reward_model(store: Store, run_id: str, figures: FigureFolder) -> li
         lines += ["", ReportFigure(path, "proxy reward against response length", "reward", run_id),
                   "", "A steep slope for a policy whose gold reward does not rise with it is the length hack "
                       "(Singhal et al. 2023)."]
+    return lines
+
+
+def section_interpret(store: Store, run_id: str, figures: FigureFolder) -> list[Block]:
+    """What the reward model computes (minirlhf/interpret.py): probes per layer and token attributions."""
+    lines: list[Block] = ["### What the reward model computes", ""]
+    rows = _query(store, "interpret", run_id=run_id)
+    if rows.empty:
+        return lines + [_missing("reward-model probes", f"{RUN_HINT} --set interpret.enabled=true")]
+    values = dict(zip(rows["name"], rows["value"]))
+    features = sorted({n.split("/")[1] for n in values if n.count("/") == 2 and n.endswith("/decodable_at")})
+    layers = int(values.get("interpret/layers", 0))
+
+    def best(feature: str) -> float:
+        return max(values.get(f"interpret/{feature}/layer{i}", float("nan")) for i in range(layers + 1))
+
+    lines += ["Linear probes on the hidden state the score is read from (the last token), one per layer, trained "
+              "on half of the held-out pairs' responses and scored on the other half (accuracy; R² for length). "
+              "'Score R²': how much of the reward model's score the last layer's probe direction explains.", "",
+              _table(["feature", "best probe score", "majority / mean baseline", "decodable at layer", "score R²"],
+                     [(f, _num(best(f)), _num(values.get(f"interpret/{f}/baseline")),
+                       _int(values.get(f"interpret/{f}/decodable_at")), _num(values.get(f"interpret/{f}/score_r2")))
+                      for f in features])]
+    folder = store.path.parent / "interpret" / Path(str(rows["output_dir"].iloc[0])).name  # beside the store
+    for name, caption in [("probes.png", "probe score per layer")] + [
+            (f"attribution_{i}.png", "token attribution (leave-one-out)") for i in (1, 2, 3)]:
+        if (folder / name).is_file():
+            path = figures.draw(f"interpret_{name}", copy_figure, str(folder / name), sha256_file(folder / name))
+            lines += ["", ReportFigure(path, caption, "reward", run_id)]
     return lines
 
 

@@ -115,3 +115,16 @@ def tiny_cli_run(tmp_path_factory) -> tuple[Path, str]:
                           timeout=900, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole tiny pipeline once per session (tests/test_ppo.py's TINY), with the stages that are off by default
+    on: GRPO and the reward-model probes. tests/test_baselines.py, test_interpret.py and test_compare.py read it."""
+    from minirlhf.config import load_config
+    from minirlhf.pipeline import run_pipeline
+    from tests.test_ppo import TINY
+
+    cfg = load_config(None, TINY + ["grpo.enabled=true", "interpret.enabled=true",
+                                    f"output_dir={tmp_path_factory.mktemp('tiny-run')}"])
+    return cfg, run_pipeline(cfg)

@@ -13,7 +13,6 @@ from minirlhf.pipeline import PIPELINE, enabled_stages, needed_stages, plan, run
 from minirlhf.scoring import score_texts
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
-from tests.test_ppo import TINY
 
 POLICIES = ("sft", "ppo", "dpo", "rloo", "grpo")
 GROUP_METHODS = ("rloo", "grpo")  # TRL's group-sampling trainers, rewarded alike (minirlhf.rloo.reward_function)
@@ -27,8 +26,9 @@ def _fake_results(cfg) -> dict[str, StageResult]:
 def test_a_disabled_baseline_is_not_run_nor_upstream_of_eval():
     on = load_config(None)
     off = load_config(None, ["rloo.enabled=false"])
-    assert PIPELINE == ("data", "sft", "reward", "ensemble", "ppo", "dpo", "rloo", "grpo", "eval")
-    assert enabled_stages(on) == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")  # ensemble, grpo: off
+    assert PIPELINE == ("data", "sft", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval")
+    # the ensemble, the probes and GRPO: off
+    assert enabled_stages(on) == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
     assert enabled_stages(off) == ("data", "sft", "reward", "ppo", "dpo", "eval")
     assert upstream_of(on, "eval") == ("data", "sft", "reward", "ppo", "dpo", "rloo")
     assert upstream_of(off, "eval") == ("data", "sft", "reward", "ppo", "dpo")
@@ -50,13 +50,6 @@ def test_eval_key_changes_with_the_set_of_policies():
 
 
 # ---- tiny stage runs (slow) ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The whole tiny pipeline once: every enabled stage, the baselines (GRPO too) included."""
-    cfg = load_config(None, TINY + ["grpo.enabled=true", f"output_dir={tmp_path_factory.mktemp('baselines')}"])
-    return cfg, run_pipeline(cfg)
-
-
 @torch.no_grad()
 def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str]) -> torch.Tensor:
     """(n,) log pi(response + EOS | prompt): the sequences DPO scores (TRL appends EOS to chosen and rejected)."""
@@ -158,8 +151,8 @@ def test_a_disabled_baseline_is_absent_from_the_run_and_the_eval(tiny_run):
     cfg, results = tiny_run
     off = cfg.model_copy(update={"rloo": cfg.rloo.model_copy(update={"enabled": False})})
     again = run_pipeline(off)  # same output root: the other stages are reused, the eval is a new one
-    assert list(again) == ["data", "sft", "reward", "ppo", "dpo", "grpo", "eval"]
-    assert all(again[s].cache_hit for s in ("data", "sft", "reward", "ppo", "dpo", "grpo"))
+    assert list(again) == ["data", "sft", "reward", "interpret", "ppo", "dpo", "grpo", "eval"]
+    assert all(again[s].cache_hit for s in ("data", "sft", "reward", "interpret", "ppo", "dpo", "grpo"))
     assert not again["eval"].cache_hit and again["eval"].output_dir != results["eval"].output_dir
     assert not [name for name in again["eval"].metrics if "/rloo/" in name]
     assert "eval/dpo/gold_reward" in again["eval"].metrics
@@ -167,4 +160,4 @@ def test_a_disabled_baseline_is_absent_from_the_run_and_the_eval(tiny_run):
     run_id = store.query("select run_id from runs order by started_at desc limit 1")["run_id"][0]
     stages = store.query("select stage from stage_runs where run_id = ? order by started_at",
                          [run_id])["stage"].tolist()
-    assert stages == ["data", "sft", "reward", "ppo", "dpo", "grpo", "eval"]
+    assert stages == ["data", "sft", "reward", "interpret", "ppo", "dpo", "grpo", "eval"]

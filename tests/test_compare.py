@@ -68,12 +68,11 @@ def test_each_seed_trains_every_method_from_it_at_equal_episodes():
 
 
 @pytest.mark.slow
-def test_the_compare_stage_over_two_tiny_seeds(tmp_path):
+def test_the_compare_stage_over_two_tiny_seeds(tiny_run, tmp_path):
     from minirlhf.pipeline import plan_compare, run_pipeline, run_stage
     from minirlhf.store import Store
-    from tests.test_ppo import TINY
 
-    base = load_config(None, TINY + [f"output_dir={tmp_path}"])
+    base, _ = tiny_run  # its data, SFT and reward model are every seed's
     points = []
     for seed in (1, 2):
         cfg = seed_config(base, seed)
@@ -105,6 +104,16 @@ def test_the_compare_stage_over_two_tiny_seeds(tmp_path):
     ppo_row = next(line for line in section.splitlines() if line.startswith("| **ppo** |"))
     assert ppo_row.count("[") >= 3, ppo_row  # gold, gain, win rate each with [low, high]
     assert "| ppo vs grpo |" in section and "distinguishable?" in section
+    # The dashboard's comparison page draws each method's interval (a rule from low to high, a point at the mean).
+    from tests.test_dashboard import charts, open_page
+
+    page = open_page(store.path, "comparison", pytest.MonkeyPatch())
+    rules = [datasets for spec, datasets in charts(page) if spec.get("layer")]
+    assert len(rules) == 2  # gold gain and win rate
+    shown = next(iter(rules[0].values()))
+    assert set(shown["policy"]) == {"ppo", "dpo", "rloo", "grpo"}
+    assert (shown["gold_gain_low"] <= shown["gold_gain"]).all()
+    assert (shown["gold_gain"] <= shown["gold_gain_high"]).all()
     # Unchanged inputs: the comparison is reused.
     with store.run({"compare": True}) as run_id:
         assert run_stage(plan_compare(seed_config(base, 1), points), store, run_id).cache_hit
