@@ -76,8 +76,11 @@ def test_the_interpret_stage_probes_every_layer_and_attributes_three_examples(ti
     assert layers == cfg.model.tiny.n_layer
     for feature in ("correct", "hedge", "filler", "refusal", "length"):
         assert len(saved["probes"][feature]["layers"]) == layers + 1, feature
-    # The planted filler is a string the reward model sees: a probe reads it far above the majority baseline.
-    filler = saved["probes"]["filler"]
-    assert max(filler["layers"]) > filler["baseline"] + 0.1
+    # The planted bias: preference labels favour the filler, so the reward model's score lies along the filler
+    # probe's direction (0.98 of its variance on this tiny model); length is readable from the last layer too.
+    probes = saved["probes"]
+    assert probes["filler"]["score_r2"] > 0.5 and probes["filler"]["score_r2"] > probes["hedge"]["score_r2"]
+    assert max(probes["filler"]["layers"]) > probes["filler"]["baseline"]
+    assert probes["length"]["layers"][-1] > 0.2
     assert set(saved["examples"]) == {"correct answer", "hedged wrong answer", "filler-padded answer"}
     assert (out / "probes.png").is_file() and len(list(out.glob("attribution_*.png"))) == 3
