@@ -1,0 +1,81 @@
+"""The pairwise judge (minirlhf/judge.py) on a real tiny GPT-2 (fast tier): the two orders cancel a position bias,
+swapping the responses gives 1 - p, and a judge that prefers one content flips with the pair."""
+
+import pytest
+import torch
+
+from minirlhf.config import TinyModelConfig
+from minirlhf.judge import ANSWER_PREFIX, choice_token_ids, judge_prompt, pairwise_preference
+from minirlhf.models import build_tiny
+
+CONVERSATION = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+
+
+@pytest.fixture(scope="module")
+def tiny_judge():
+    corpus = ["Human: What is the capital of France? Assistant: The capital of France is Paris."] * 20
+    return build_tiny(TinyModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=512, vocab_size=300), corpus)
+
+
+def add_logit(model, token_id: int, amount):
+    """A forward hook on the LM head: `amount(texts)` or a constant added to one token's logit."""
+    def hook(module, inputs, output):
+        output[..., token_id] += amount
+        return output
+    return model.lm_head.register_forward_hook(hook)
+
+
+def test_swapping_the_responses_gives_one_minus_p(tiny_judge):
+    tokenizer, model = tiny_judge
+    a, b = [" Paris.", " Lyon.", " It is Paris."], [" Lyon.", " Paris.", " Rome."]
+    forward = pairwise_preference(model, tokenizer, [CONVERSATION] * 3, a, b)["p_a"]
+    backward = pairwise_preference(model, tokenizer, [CONVERSATION] * 3, b, a)["p_a"]
+    assert torch.allclose(forward + backward, torch.ones(3), atol=1e-6)
+    assert ((forward > 0) & (forward < 1)).all()
+
+
+def test_a_pure_position_bias_cancels_to_one_half(tiny_judge):
+    tokenizer, model = tiny_judge
+    a_id, _ = choice_token_ids(tokenizer)
+    handle = add_logit(model, a_id, 30.0)  # always answers "A", whatever the responses
+    try:
+        p = pairwise_preference(model, tokenizer, [CONVERSATION] * 2, [" Paris.", " Lyon."], [" Lyon.", " Paris."])
+    finally:
+        handle.remove()
+    assert torch.allclose(p["p_a_first"], torch.ones(2), atol=1e-6)  # shown first, a wins
+    assert torch.allclose(p["p_a_second"], torch.zeros(2), atol=1e-6)  # shown second, a loses
+    assert torch.allclose(p["p_a"], torch.full((2,), 0.5), atol=1e-6)
+
+
+def test_a_judge_that_prefers_one_answer_flips_with_the_pair(tiny_judge):
+    """A judge that always names the letter of the response with 'Paris' in it (a hook reading the prompt)."""
+    tokenizer, model = tiny_judge
+    a_id, b_id = choice_token_ids(tokenizer)
+    texts: list[str] = []
+
+    def prefers_paris(module, args, kwargs):
+        texts[:] = tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True)
+
+    def answer(module, inputs, output):
+        for i, text in enumerate(texts):
+            a_part = text.split("Response (A):")[1].split("Response (B):")[0]
+            output[i, -1, a_id if "Paris" in a_part else b_id] += 30.0
+        return output
+
+    hooks = [model.register_forward_pre_hook(prefers_paris, with_kwargs=True),
+             model.lm_head.register_forward_hook(answer)]
+    try:
+        p = pairwise_preference(model, tokenizer, [CONVERSATION] * 2, [" Paris.", " Lyon."], [" Lyon.", " Paris."])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert p["p_a"][0] > 0.99 and p["p_a"][1] < 0.01  # the label follows the content, in both orders
+
+
+def test_the_prompt_ends_where_the_letter_is_read():
+    class Plain:  # a tokenizer without a chat template: the plain text
+        chat_template = None
+
+    text = judge_prompt(Plain(), CONVERSATION, " Paris.", " Lyon.", "Which is right?")
+    assert text.endswith("The better response is " + ANSWER_PREFIX)
+    assert "Response (A): Paris." in text and "Response (B): Lyon." in text and "Which is right?" in text
