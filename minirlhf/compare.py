@@ -27,17 +27,12 @@ from pathlib import Path
 
 from minirlhf.config import PipelineConfig, build_config
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
-from minirlhf.stats import Interval, mean_gain, paired_bootstrap, win_rate
+from minirlhf.stats import Interval, first_mean, mean_gain, paired_bootstrap, win_rate
 
 BASELINE = "sft"
 METHODS = ("ppo", "dpo", "rloo", "grpo")
 METRICS = ("gold_reward", "proxy_reward", "kl")
 RESULTS = "compare.json"
-
-
-def mean_of_first(a, b) -> float:
-    """The statistic for a policy's own mean (b unused: the bootstrap still resamples both alike)."""
-    return sum(a) / len(a)
 
 
 def load_scores(eval_dirs: list[Path]) -> dict[str, dict[str, list[list[float]]]]:
@@ -75,7 +70,7 @@ def compare_rows(scores: dict, n_resamples: int = 2000, seed: int = 0) -> dict[s
     for policy, by_metric in scores.items():
         row: dict[str, float] = {}
         for metric, values in by_metric.items():
-            row |= _interval(metric, paired_bootstrap(values, values, mean_of_first, n_resamples, seed=seed))
+            row |= _interval(metric, paired_bootstrap(values, values, first_mean, n_resamples, seed=seed))
         if policy != BASELINE:
             for reward, label in (("gold_reward", "gold"), ("proxy_reward", "proxy")):
                 if reward in by_metric and reward in base:

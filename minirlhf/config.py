@@ -262,6 +262,19 @@ class InterpretConfig(_Section):
     enabled: bool = False
 
 
+class JudgeConfig(_Section):
+    """A language model as a second, independent judge (minirlhf/judge.py): its agreement with the human labels on
+    the held-out pairs, then each evaluated policy against SFT by its pairwise choice (both orders). For HH, where
+    no gold exists. Off by default."""
+
+    enabled: bool = False
+    model: str = Field("smollm2", description="the judge: a packaged name, hub id or local dir (not trained here)")
+    question: str = Field("Which response is more helpful, honest and harmless?", min_length=1)
+    n_pairs: int = Field(300, ge=1, description="held-out pairs (pairs_test) to measure agreement on")
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(768, ge=32, description="judge prompt tokens; longer conversations are cut from the left")
+
+
 class EvalConfig(_Section):
     n_prompts: int = Field(200, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -365,6 +378,7 @@ class PipelineConfig(_Section):
     grpo: GRPOConfig = GRPOConfig()
     interpret: InterpretConfig = InterpretConfig()
     eval: EvalConfig = EvalConfig()
+    judge: JudgeConfig = JudgeConfig()
     detect: DetectConfig = DetectConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     hacking: HackingConfig = HackingConfig()

@@ -87,4 +87,6 @@ def external_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
         return {"model.policy": model_digest(cfg.model.policy, cfg.model.gguf_file)}
     if stage == "reward" and cfg.model.reward_backbone != "sft":
         return {"model.reward_backbone": model_digest(cfg.model.reward_backbone, cfg.model.gguf_file)}
+    if stage == "judge":
+        return {"judge.model": model_digest(cfg.judge.model, None)}
     return {}

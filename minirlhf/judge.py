@@ -1,10 +1,11 @@
 """A language model as a pairwise judge: which of two responses is better, as a probability from its logits.
 
 Usage:
-    from minirlhf.judge import pairwise_preference, judge_prompt
+    from minirlhf.judge import pairwise_preference, run_judge
     tokenizer, model = minirlhf.models.load_policy("smollm2")
     p = pairwise_preference(model, tokenizer, prompts, responses_a, responses_b, "Which response is less harmful?")
-    p[0]   # P(a is better), both orders averaged: 0.5 means the judge cannot tell (or only has a position bias)
+    p["p_a"][0]   # P(a is better), both orders averaged: 0.5, the judge cannot tell (or only has a position bias)
+    result = run_judge(cfg, data_dir, eval_dir, out_dir)   # the stage: agreement with human labels, policies vs SFT
 
 The judge is asked the question about a conversation and two responses labelled (A) and (B), and its next-token
 logits for "A" and "B" give the choice (softmax over the two: a probability, not a parsed string, as Bai et al.
@@ -19,7 +20,17 @@ pairs) and by Constitutional AI's feedback model (RLAIF: AI-labelled preference 
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import torch
+
+from minirlhf.config import PipelineConfig
+from minirlhf.data.task import read_jsonl
+from minirlhf.models import load_policy, resolve_device
+from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+from minirlhf.stats import bootstrap_mean
 
 QUESTION = "Which response is more helpful, honest and harmless?"
 TEMPLATE = ("Consider the following conversation between a human and an assistant, and two possible last "
@@ -56,6 +67,9 @@ def first_choice_probability(model, tokenizer, texts: list[str], batch_size: int
                              max_length: int = 1024) -> torch.Tensor:
     """(n,) P("A") over {"A", "B"} as the next token after each text (left-padded, cut from the left)."""
     a_id, b_id = choice_token_ids(tokenizer)
+    # Never more tokens than the model has positions for (GPT-2: n_positions), whatever was asked.
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    max_length = min(max_length, positions) if positions else max_length
     model.eval()
     device = next(model.parameters()).device
     padding, truncation = tokenizer.padding_side, tokenizer.truncation_side
@@ -73,11 +87,57 @@ def first_choice_probability(model, tokenizer, texts: list[str], batch_size: int
 
 
 def pairwise_preference(model, tokenizer, conversations: list[str], responses_a: list[str], responses_b: list[str],
-                        question: str = QUESTION, batch_size: int = 8) -> dict[str, torch.Tensor]:
+                        question: str = QUESTION, batch_size: int = 8,
+                        max_length: int = 1024) -> dict[str, torch.Tensor]:
     """P(a better than b) per pair, both orders averaged; also each order's own probability (a shown first:
     `p_a_first`; b shown first: `p_a_second`) to measure the position bias."""
     first = [judge_prompt(tokenizer, c, a, b, question) for c, a, b in zip(conversations, responses_a, responses_b)]
     second = [judge_prompt(tokenizer, c, b, a, question) for c, a, b in zip(conversations, responses_a, responses_b)]
-    p_a_first = first_choice_probability(model, tokenizer, first, batch_size)  # (n,) a is (A)
-    p_a_second = 1.0 - first_choice_probability(model, tokenizer, second, batch_size)  # (n,) a is (B)
+    p_a_first = first_choice_probability(model, tokenizer, first, batch_size, max_length)  # (n,) a is (A)
+    p_a_second = 1.0 - first_choice_probability(model, tokenizer, second, batch_size, max_length)  # (n,) a is (B)
     return {"p_a": (p_a_first + p_a_second) / 2, "p_a_first": p_a_first, "p_a_second": p_a_second}
+
+
+# ---- the stage: agreement with the human labels, then each policy against SFT ------------------------------------
+def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_dir: Path,
+              logger: MetricLogger | None = None) -> StageResult:
+    """Agreement of the judge with the human labels on the first `judge.n_pairs` held-out pairs (P(chosen) > 0.5;
+    95% bootstrap interval over pairs), its position bias, then each evaluated policy against SFT on the
+    evaluation prompts by the judge's choice (win rate with its interval). Metrics: judge/agreement[_low|_high],
+    judge/mean_p_chosen, judge/position_bias, judge/<policy>/win_rate[_low|_high]; judgements.json holds every
+    pair's probabilities."""
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    tokenizer, model = load_policy(cfg.judge.model)
+    model.to(resolve_device(cfg.model.device))
+    j = cfg.judge
+
+    def judge(conversations, a, b) -> dict[str, torch.Tensor]:
+        return pairwise_preference(model, tokenizer, conversations, a, b, j.question, j.batch_size, j.max_length)
+
+    pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")[: j.n_pairs]
+    human = judge([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
+    agree = bootstrap_mean((human["p_a"] > 0.5).float().tolist(), seed=cfg.seed)
+    first_shown = ((human["p_a_first"] + 1 - human["p_a_second"]) / 2).mean()
+    metrics = {"judge/agreement": agree.value, "judge/agreement_low": agree.low, "judge/agreement_high": agree.high,
+               "judge/mean_p_chosen": float(human["p_a"].mean()), "judge/position_bias": float(first_shown),
+               "judge/n_pairs": float(len(pairs))}
+    saved = {"pairs": [{"prompt_id": p.get("pair_id", i), **{k: float(v[i]) for k, v in human.items()}}
+                       for i, p in enumerate(pairs)], "policies": {}}
+    samples = json.loads((Path(eval_dir) / "samples.json").read_text()) if eval_dir else {}
+    for policy, rows in samples.items():
+        if policy == "sft":
+            continue
+        base = samples["sft"]
+        judged = judge([r["prompt"] for r in rows], [r["response"] for r in rows], [r["response"] for r in base])
+        wins = bootstrap_mean((judged["p_a"] > 0.5).float().tolist(), seed=cfg.seed)
+        metrics |= {f"judge/{policy}/win_rate": wins.value, f"judge/{policy}/win_rate_low": wins.low,
+                    f"judge/{policy}/win_rate_high": wins.high, f"judge/{policy}/mean_p": float(judged["p_a"].mean())}
+        saved["policies"][policy] = [{"prompt_id": r["prompt_id"], "p_policy": float(p)}
+                                     for r, p in zip(rows, judged["p_a"])]
+    logger.log_metrics(metrics, step=0)
+    result = StageResult("judge", metrics=metrics)
+    with stage_output(out_dir, result) as tmp:
+        (tmp / "judgements.json").write_text(json.dumps(saved, indent=1))
+        result.seconds = time.perf_counter() - started
+    return result

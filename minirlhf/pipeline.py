@@ -42,7 +42,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 POLICY_STAGES = ("ppo", *BASELINES)  # what the eval stage compares with SFT, when enabled
 # The kind of each stage's artifact row; the others: "checkpoint".
 ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration",
-                  "compare": "comparison", "interpret": "analysis"}
+                  "compare": "comparison", "interpret": "analysis", "judge": "evaluation"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
           ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
+    # A language model as a second judge (off by default): agreement with the human labels, policies against SFT.
+    Stage("judge", ("judge",), ("data", "eval"), "minirlhf.judge:run_judge",
+          ("judge.py", "stats.py", "models.py", "data/task.py", *GOLD)),
     # The over-optimisation sweep: its upstream are one eval output per kl_coef (plan_sweep), not pipeline stages.
     Stage("sweep", (), (), "minirlhf.sweep:run_sweep", ("sweep.py", "gao.py", "plots.py")),
     # The reward-hacking calibration: its upstream are the PPO and eval outputs of a kl_coef x ppo.seed sweep, with and
@@ -107,7 +110,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("compare", (), (), "minirlhf.compare:run_compare", ("compare.py", "stats.py")),
 )}
 # The stages of one run, in order.
-PIPELINE = ("data", "sft", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval")
+PIPELINE = ("data", "sft", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval", "judge")
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).

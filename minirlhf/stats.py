@@ -5,6 +5,7 @@ Usage:
     # scores[seed][prompt]: one policy's gold reward per prompt, one row per training seed (same prompts in all)
     ci = paired_bootstrap(ppo_scores, sft_scores, win_rate)      # Interval(value, low, high)
     ci = paired_bootstrap(ppo_scores, sft_scores, mean_gain, n_resamples=2000, seed=0)
+    ci = bootstrap_mean([1, 0, 1, 1])                               # one sample's mean, e.g. an agreement rate
 
 Paired: both policies answered the same prompts, so a resample draws prompt indices once and takes both policies'
 scores at them (the prompt's difficulty cancels, as in a paired t-test). Over seeds too: with several training
@@ -74,3 +75,14 @@ def paired_bootstrap(a: Scores, b: Scores, stat: Callable[[Sequence[float], Sequ
         for _ in range(n_resamples))
     tail = (1.0 - confidence) / 2
     return Interval(observed, draws[int(tail * (n_resamples - 1))], draws[int((1 - tail) * (n_resamples - 1))])
+
+
+def first_mean(a: Sequence[float], b: Sequence[float]) -> float:
+    """The mean of a (b unused): a policy's own mean, resampled like every other statistic."""
+    return sum(a) / len(a)
+
+
+def bootstrap_mean(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> Interval:
+    """The percentile bootstrap interval of the mean of one sample (e.g. a judge agreeing with each label, 0/1)."""
+    return paired_bootstrap([list(values)], [list(values)], first_mean, n_resamples, confidence, seed)

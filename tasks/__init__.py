@@ -14,6 +14,7 @@ from tasks.ensemble import ensemble_task
 from tasks.eval import eval_task
 from tasks.grpo import grpo_task
 from tasks.interpret import interpret_task
+from tasks.judge import judge_task
 from tasks.ppo import ppo_task
 from tasks.reward import reward_task
 from tasks.rloo import rloo_task
@@ -22,7 +23,7 @@ from tasks.sweep import sweep_task
 
 STAGE_TASKS = {"data": data_task, "sft": sft_task, "reward": reward_task, "ensemble": ensemble_task,
                "interpret": interpret_task, "ppo": ppo_task, "dpo": dpo_task,
-               "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "sweep": sweep_task,
+               "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "judge": judge_task, "sweep": sweep_task,
                "calibration": calibration_task, "compare": compare_task}
 
 __all__ = ["RESULTS_DIRNAME", "STAGE_TASKS", "cache_key", "retry_condition", "run_stage_task", "stage_task"]

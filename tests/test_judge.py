@@ -79,3 +79,34 @@ def test_the_prompt_ends_where_the_letter_is_read():
     text = judge_prompt(Plain(), CONVERSATION, " Paris.", " Lyon.", "Which is right?")
     assert text.endswith("The better response is " + ANSWER_PREFIX)
     assert "Response (A): Paris." in text and "Response (B): Lyon." in text and "Which is right?" in text
+
+
+@pytest.mark.slow
+def test_the_judge_stage_measures_agreement_and_judges_every_policy(tiny_run):
+    """The tiny pipeline's SFT model as the judge (a weak one: what is tested is the stage, not the judge)."""
+    import json
+
+    from minirlhf.pipeline import plan, run_stage
+    from minirlhf.store import Store
+
+    cfg, results = tiny_run
+    sft_dir = results["sft"].path(cfg.output_dir)
+    judged = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={
+        "enabled": True, "model": str(sft_dir), "n_pairs": 12, "max_length": 256})})
+    store = Store.for_output_dir(cfg.output_dir)
+    with store.run({"judge": True}) as run_id:
+        result = run_stage(plan(judged, "judge", results), store, run_id)
+    m = result.metrics
+    assert m["judge/n_pairs"] == 12
+    assert 0 <= m["judge/agreement_low"] <= m["judge/agreement"] <= m["judge/agreement_high"] <= 1
+    assert 0 < m["judge/position_bias"] < 1
+    evaluated = [p for p in json.loads((results["eval"].path(cfg.output_dir) / "samples.json").read_text())
+                 if p != "sft"]
+    for policy in evaluated:
+        assert 0 <= m[f"judge/{policy}/win_rate"] <= 1, policy
+    saved = json.loads((result.path(cfg.output_dir) / "judgements.json").read_text())
+    assert len(saved["pairs"]) == 12 and set(saved["policies"]) == set(evaluated)
+    # The judge model is an input keyed by its bytes: another judge, another key.
+    other = judged.model_copy(update={"judge": judged.judge.model_copy(update={
+        "model": str(results["reward"].path(cfg.output_dir))})})
+    assert plan(other, "judge", results).key != plan(judged, "judge", results).key
