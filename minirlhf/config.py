@@ -275,6 +275,21 @@ class JudgeConfig(_Section):
     max_length: int = Field(768, ge=32, description="judge prompt tokens; longer conversations are cut from the left")
 
 
+class CAIConfig(_Section):
+    """Constitutional AI's supervised part (minirlhf/cai.py): the SFT policy answers red-team prompts, a critic
+    critiques each answer by a principle of the constitution and revises it. Off by default."""
+
+    enabled: bool = False
+    critic: str = Field("policy", description="'policy' (self-critique: the SFT model), or a model name, hub id or "
+                        "local dir (e.g. smollm2, packaged offline)")
+    constitution: str = Field("configs/constitution.yaml", description="the principles and few-shot examples")
+    n_prompts: int = Field(64, ge=1, description="red-team prompts (the task's harmful requests; HH conversations)")
+    max_new_tokens: int = Field(48, ge=1, description="per answer, critique and revision")
+    temperature: float = Field(0.7, gt=0)
+    max_prompt_length: int = Field(768, ge=16, description="tokens of context (few-shot examples, the exchange); "
+                                   "cut from the left")
+
+
 class EvalConfig(_Section):
     n_prompts: int = Field(200, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -377,6 +392,7 @@ class PipelineConfig(_Section):
     rloo: RLOOConfig = RLOOConfig()
     grpo: GRPOConfig = GRPOConfig()
     interpret: InterpretConfig = InterpretConfig()
+    cai: CAIConfig = CAIConfig()
     eval: EvalConfig = EvalConfig()
     judge: JudgeConfig = JudgeConfig()
     detect: DetectConfig = DetectConfig()

@@ -92,6 +92,15 @@ def _where(tree: dict, loc: tuple) -> str:
     return ": ".join(parts) if parts else "<top level>"
 
 
+def constitution_path(name: str) -> Path:
+    """The constitution file: as given, or relative to the repository the package sits in (so the default
+    configs/constitution.yaml resolves from any working directory)."""
+    path = Path(name).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    return DEFAULT.parents[1] / name
+
+
 def load_constitution(path: str | Path = DEFAULT) -> Constitution:
     """The constitution in `path`, or ConfigError naming the file and every bad entry on one line."""
     path = Path(path)

@@ -18,6 +18,7 @@ import hashlib
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig
+from minirlhf.constitution import constitution_path
 from minirlhf.stage import sha256_file
 
 _file_digests: dict[tuple[str, int, int], str] = {}
@@ -89,4 +90,9 @@ def external_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
         return {"model.reward_backbone": model_digest(cfg.model.reward_backbone, cfg.model.gguf_file)}
     if stage == "judge":
         return {"judge.model": model_digest(cfg.judge.model, None)}
+    if stage == "cai":
+        found = {"cai.constitution": path_digest(constitution_path(cfg.cai.constitution))}
+        if cfg.cai.critic != "policy":
+            found["cai.critic"] = model_digest(cfg.cai.critic, None)
+        return found
     return {}

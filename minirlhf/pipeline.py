@@ -42,7 +42,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 POLICY_STAGES = ("ppo", *BASELINES)  # what the eval stage compares with SFT, when enabled
 # The kind of each stage's artifact row; the others: "checkpoint".
 ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration",
-                  "compare": "comparison", "interpret": "analysis", "judge": "evaluation"}
+                  "compare": "comparison", "interpret": "analysis", "judge": "evaluation", "cai": "dataset"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("rloo.py", *SAMPLING, *TRAINING)),
     Stage("grpo", ("model", "grpo"), ("data", "sft", "reward"), "minirlhf.grpo:run_grpo",
           ("grpo.py", "rloo.py", *SAMPLING, *TRAINING)),
+    # Constitutional AI, supervised part: red-team answers critiqued and revised by a constitution (off by default).
+    Stage("cai", ("model", "cai"), ("data", "sft"), "minirlhf.cai:run_cai",
+          ("cai.py", "constitution.py", "generation.py", "ppo/core.py", "models.py", "data/task.py", *GOLD)),
     # What the reward model computes: probes and token attributions (off by default).
     Stage("interpret", ("interpret",), ("data", "reward"), "minirlhf.interpret:run_interpret",
           ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "data/task.py", *GOLD)),
@@ -110,7 +113,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("compare", (), (), "minirlhf.compare:run_compare", ("compare.py", "stats.py")),
 )}
 # The stages of one run, in order.
-PIPELINE = ("data", "sft", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval", "judge")
+PIPELINE = ("data", "sft", "cai", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval", "judge")
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).

@@ -5,6 +5,7 @@ Usage:
     result = run_stage_task(plan(cfg, "sft", {"data": data}), run_id)
 """
 
+from tasks.cai import cai_task
 from tasks.calibration import calibration_task
 from tasks.compare import compare_task
 from tasks.common import RESULTS_DIRNAME, cache_key, retry_condition, run_stage_task, stage_task
@@ -21,7 +22,7 @@ from tasks.rloo import rloo_task
 from tasks.sft import sft_task
 from tasks.sweep import sweep_task
 
-STAGE_TASKS = {"data": data_task, "sft": sft_task, "reward": reward_task, "ensemble": ensemble_task,
+STAGE_TASKS = {"data": data_task, "sft": sft_task, "cai": cai_task, "reward": reward_task, "ensemble": ensemble_task,
                "interpret": interpret_task, "ppo": ppo_task, "dpo": dpo_task,
                "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "judge": judge_task, "sweep": sweep_task,
                "calibration": calibration_task, "compare": compare_task}
