@@ -290,6 +290,19 @@ class CAIConfig(_Section):
                                    "cut from the left")
 
 
+class RLAIFConfig(_Section):
+    """AI feedback (minirlhf/rlaif.py): a feedback model relabels the training pairs under the constitution's
+    principles (both orders, the choice probability from its logits). Off by default."""
+
+    enabled: bool = False
+    feedback: str = Field("policy", description="'policy' (the SFT model), or a model name, hub id or local dir "
+                          "(e.g. smollm2, packaged offline)")
+    constitution: str = Field("configs/constitution.yaml", description="whose choice questions are asked")
+    n_pairs: int = Field(2400, ge=1, description="training pairs to relabel (the first ones)")
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(768, ge=32, description="feedback prompt tokens; cut from the left")
+
+
 class EvalConfig(_Section):
     n_prompts: int = Field(200, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -393,6 +406,7 @@ class PipelineConfig(_Section):
     grpo: GRPOConfig = GRPOConfig()
     interpret: InterpretConfig = InterpretConfig()
     cai: CAIConfig = CAIConfig()
+    rlaif: RLAIFConfig = RLAIFConfig()
     eval: EvalConfig = EvalConfig()
     judge: JudgeConfig = JudgeConfig()
     detect: DetectConfig = DetectConfig()

@@ -90,6 +90,11 @@ def external_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
         return {"model.reward_backbone": model_digest(cfg.model.reward_backbone, cfg.model.gguf_file)}
     if stage == "judge":
         return {"judge.model": model_digest(cfg.judge.model, None)}
+    if stage == "rlaif":
+        found = {"rlaif.constitution": path_digest(constitution_path(cfg.rlaif.constitution))}
+        if cfg.rlaif.feedback != "policy":
+            found["rlaif.feedback"] = model_digest(cfg.rlaif.feedback, None)
+        return found
     if stage == "cai":
         found = {"cai.constitution": path_digest(constitution_path(cfg.cai.constitution))}
         if cfg.cai.critic != "policy":

@@ -42,7 +42,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 POLICY_STAGES = ("ppo", *BASELINES)  # what the eval stage compares with SFT, when enabled
 # The kind of each stage's artifact row; the others: "checkpoint".
 ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration",
-                  "compare": "comparison", "interpret": "analysis", "judge": "evaluation", "cai": "dataset"}
+                  "compare": "comparison", "interpret": "analysis", "judge": "evaluation", "cai": "dataset",
+                  "rlaif": "dataset"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # Constitutional AI, supervised part: red-team answers critiqued and revised by a constitution (off by default).
     Stage("cai", ("model", "cai"), ("data", "sft"), "minirlhf.cai:run_cai",
           ("cai.py", "constitution.py", "generation.py", "ppo/core.py", "models.py", "data/task.py", *GOLD)),
+    # AI feedback: the training pairs relabelled by a feedback model under the constitution (off by default).
+    Stage("rlaif", ("model", "rlaif"), ("data", "sft"), "minirlhf.rlaif:run_rlaif",
+          ("rlaif.py", "judge.py", "constitution.py", "stats.py", "models.py", "data/task.py", *GOLD)),
     # What the reward model computes: probes and token attributions (off by default).
     Stage("interpret", ("interpret",), ("data", "reward"), "minirlhf.interpret:run_interpret",
           ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "data/task.py", *GOLD)),
@@ -113,7 +117,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("compare", (), (), "minirlhf.compare:run_compare", ("compare.py", "stats.py")),
 )}
 # The stages of one run, in order.
-PIPELINE = ("data", "sft", "cai", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval", "judge")
+PIPELINE = ("data", "sft", "cai", "rlaif", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval",
+            "judge")
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).

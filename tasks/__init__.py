@@ -18,12 +18,13 @@ from tasks.interpret import interpret_task
 from tasks.judge import judge_task
 from tasks.ppo import ppo_task
 from tasks.reward import reward_task
+from tasks.rlaif import rlaif_task
 from tasks.rloo import rloo_task
 from tasks.sft import sft_task
 from tasks.sweep import sweep_task
 
-STAGE_TASKS = {"data": data_task, "sft": sft_task, "cai": cai_task, "reward": reward_task, "ensemble": ensemble_task,
-               "interpret": interpret_task, "ppo": ppo_task, "dpo": dpo_task,
+STAGE_TASKS = {"data": data_task, "sft": sft_task, "cai": cai_task, "rlaif": rlaif_task, "reward": reward_task,
+               "ensemble": ensemble_task, "interpret": interpret_task, "ppo": ppo_task, "dpo": dpo_task,
                "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "judge": judge_task, "sweep": sweep_task,
                "calibration": calibration_task, "compare": compare_task}
 

@@ -1,0 +1,75 @@
+"""AI feedback (minirlhf/rlaif.py): a label flip in the feedback model flips the pair (fast tier, a real tiny GPT-2
+whose choice is steered by a hook), and the stage on the tiny pipeline writes pairs the reward stage can read."""
+
+import json
+
+import pytest
+
+from minirlhf.constitution import DEFAULT, load_constitution
+from minirlhf.judge import choice_token_ids
+from minirlhf.rlaif import ai_label, gold_agreement
+from tests.test_judge import tiny_judge  # noqa: F401  (the module fixture)
+
+PROMPT = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+PAIRS = [{"prompt": PROMPT, "chosen": " The capital of France is Paris.", "rejected": " The capital is Lyon."},
+         {"prompt": PROMPT, "chosen": " The capital is Lyon.", "rejected": " The capital of France is Paris."}]
+
+
+def steer(model, tokenizer, word: str):
+    """Hooks that make the model name the letter of the response containing `word`."""
+    a_id, b_id = choice_token_ids(tokenizer)
+    seen: list[str] = []
+
+    def read(module, args, kwargs):
+        seen[:] = tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True)
+
+    def answer(module, inputs, output):
+        for i, text in enumerate(seen):
+            a_part = text.split("Response (A):")[1].split("Response (B):")[0]
+            output[i, -1, a_id if word in a_part else b_id] += 30.0
+        return output
+
+    return [model.register_forward_pre_hook(read, with_kwargs=True), model.lm_head.register_forward_hook(answer)]
+
+
+@pytest.mark.parametrize("word, keeps", [("Paris", [True, False]), ("Lyon", [False, True])])
+def test_a_label_flip_in_the_feedback_model_flips_the_pair(tiny_judge, word, keeps):  # noqa: F811
+    tokenizer, model = tiny_judge
+    hooks = steer(model, tokenizer, word)
+    try:
+        rows = ai_label(model, tokenizer, PAIRS, load_constitution(DEFAULT), seed=0, max_length=512)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [r["human_agrees"] for r in rows] == keeps
+    assert all(word in r["chosen"] for r in rows)  # whatever the human order, the steered choice is chosen
+    assert {r["principle"] for r in rows} <= {p.name for p in load_constitution(DEFAULT).principles}
+
+
+def test_gold_agreement_counts_pairs_gold_can_tell_apart():
+    assert gold_agreement(PAIRS) == [1.0, 0.0]  # Paris is right; Lyon is not
+    same = [{"prompt": PROMPT, "chosen": " Paris.", "rejected": " Paris."}]
+    assert gold_agreement(same) == []
+
+
+@pytest.mark.slow
+def test_the_rlaif_stage_relabels_training_pairs(tiny_run):
+    from minirlhf.pipeline import plan, run_stage
+    from minirlhf.store import Store
+
+    cfg, results = tiny_run
+    rlaif = cfg.model_copy(update={"rlaif": cfg.rlaif.model_copy(update={
+        "enabled": True, "n_pairs": 16, "max_length": 256})})
+    store = Store.for_output_dir(cfg.output_dir)
+    with store.run({"rlaif": True}) as run_id:
+        result = run_stage(plan(rlaif, "rlaif", results), store, run_id)
+    rows = [json.loads(x) for x in (result.path(cfg.output_dir) / "pairs_train.jsonl").read_text().splitlines()]
+    human = [json.loads(x) for x in
+             (results["data"].path(cfg.output_dir) / "pairs_train.jsonl").read_text().splitlines()][:16]
+    assert len(rows) == 16
+    for row, pair in zip(rows, human):
+        assert {row["chosen"], row["rejected"]} == {pair["chosen"], pair["rejected"]}  # the same two responses
+        assert row["human_agrees"] == (row["chosen"] == pair["chosen"]) and 0 <= row["p_first"] <= 1
+    m = result.metrics
+    assert m["rlaif/n_pairs"] == 16 and 0 <= m["rlaif/human_agreement"] <= 1
+    assert "rlaif/gold_agreement_ai" in m and "rlaif/gold_agreement_human" in m
