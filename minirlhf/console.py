@@ -116,8 +116,22 @@ def stage_line(name: str, result) -> str | None:
         events = int(sum(v for k, v in m.items() if k.endswith("/failure_events")))
         return (f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s  {', '.join(POLICIES[p] for p in policies)} compared, "
                 f"{events} failure event{'s' if events != 1 else ''}")
-    if name in ("sweep", "calibration"):
-        return f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s"
+    head = f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s"
+    if name == "interpret" and "interpret/n_responses" in m:
+        return f"{head}  probes on {int(m['interpret/n_responses'])} responses, {int(m['interpret/layers'])} layers"
+    if name == "cai" and "cai/n_prompts" in m:
+        gold = (f"; gold {m['cai/initial_gold']:+.2f} -> {m['cai/revised_gold']:+.2f}"
+                if {"cai/initial_gold", "cai/revised_gold"} <= m.keys() else "")
+        return f"{head}  {int(m['cai/n_prompts'])} red-team answers critiqued and revised{gold}"
+    if name == "rlaif" and "rlaif/n_pairs" in m:
+        return (f"{head}  {int(m['rlaif/n_pairs'])} pairs relabelled; the human label kept on "
+                f"{m['rlaif/human_agreement']:.0%}")
+    if name == "judge" and "judge/agreement" in m:
+        return (f"{head}  agrees with the human labels on {m['judge/agreement']:.0%} "
+                f"[{m['judge/agreement_low']:.0%}, {m['judge/agreement_high']:.0%}] of {int(m['judge/n_pairs'])} "
+                "held-out pairs")
+    if name in ("sweep", "calibration", "compare"):
+        return head
     if name == "ppo" and "ppo/warning_step" in m:  # below its progress bar: why it stopped early
         return (f"! {name:<{NAME_WIDTH}} reward-hacking warning at step {int(m['ppo/warning_step'])}: stopped, "
                 f"rolled back to step {int(m['ppo/rollback_step'])} (failure event reward_hacking_onset)")

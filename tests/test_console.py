@@ -88,6 +88,18 @@ def test_stage_lines():
     assert data == "✓ data    0.2 s  300 demonstrations, 64 RL prompts"
     ev = stage_line("eval", StageResult("eval", seconds=1.0, metrics={**EVAL, "eval/ppo/failure_events": 2.0}))
     assert ev == "✓ eval    1.0 s  SFT, PPO, RLOO compared, 2 failure events"
+    # The stages without a progress bar of their own say what they did in one line.
+    judge = stage_line("judge", StageResult("judge", seconds=90.0, metrics={
+        "judge/agreement": 0.55, "judge/agreement_low": 0.49, "judge/agreement_high": 0.61, "judge/n_pairs": 300.0}))
+    assert judge == "✓ judge   90.0 s  agrees with the human labels on 55% [49%, 61%] of 300 held-out pairs"
+    cai = stage_line("cai", StageResult("cai", seconds=5.0, metrics={
+        "cai/n_prompts": 8.0, "cai/initial_gold": -1.2, "cai/revised_gold": 0.4}))
+    assert cai == "✓ cai     5.0 s  8 red-team answers critiqued and revised; gold -1.20 -> +0.40"
+    rlaif = stage_line("rlaif", StageResult("rlaif", seconds=2.0, metrics={
+        "rlaif/n_pairs": 16.0, "rlaif/human_agreement": 0.75}))
+    assert rlaif.endswith("16 pairs relabelled; the human label kept on 75%")
+    assert stage_line("interpret", StageResult("interpret", seconds=1.0, metrics={
+        "interpret/n_responses": 120.0, "interpret/layers": 2.0})).endswith("probes on 120 responses, 2 layers")
 
 
 def test_a_failed_attempt_prints_one_line_but_a_user_error_is_left_to_the_cli(capsys):
