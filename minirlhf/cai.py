@@ -24,6 +24,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,6 +35,7 @@ from minirlhf.data.task import read_jsonl
 from minirlhf.generation import decode_responses, encode_prompts, sample_responses, sampling_config
 from minirlhf.models import load_policy, resolve_device
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
+from minirlhf.training import progress_bar
 
 RESULTS = "revisions.jsonl"
 STOP_MARKERS = ("\n\nHuman:", "\n\nCritiqueRequest:", "\n\nRevisionRequest:", "\n\nCritique:", "\n\nRevision:")
@@ -64,7 +66,7 @@ def cut_at_markers(text: str) -> str:
 
 @torch.no_grad()
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, max_prompt_length: int,
-             batch_size: int = 16) -> list[str]:
+             batch_size: int = 16, on_batch: Callable[[int], object] | None = None) -> list[str]:
     """One sampled continuation per text, cut at the next turn marker."""
     device = next(model.parameters()).device
     config = sampling_config(tokenizer, temperature, max_new_tokens)
@@ -73,25 +75,28 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, temperatur
         ids, mask = encode_prompts(tokenizer, texts[i : i + batch_size], max_prompt_length, device)
         response_ids, response_mask, _ = sample_responses(model, tokenizer, ids, mask, config)
         out += [cut_at_markers(t) for t in decode_responses(tokenizer, response_ids, response_mask)]
+        if on_batch is not None:  # a progress bar's update
+            on_batch(len(response_ids))
     return out
 
 
 def critique_and_revise(policy, tokenizer, critic, critic_tokenizer, prompts: list[str], constitution: Constitution,
                         max_new_tokens: int, temperature: float, max_prompt_length: int,
-                        seed: int) -> list[dict]:
+                        seed: int, on_batch: Callable[[int], object] | None = None) -> list[dict]:
     """For each prompt: the policy's answer, a principle drawn with `seed`, the critic's critique, its revision."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     principles = [constitution.choose(rng) for _ in prompts]
     context = few_shot_block(constitution)
-    initial = generate(policy, tokenizer, prompts, max_new_tokens, temperature, max_prompt_length)
+    initial = generate(policy, tokenizer, prompts, max_new_tokens, temperature, max_prompt_length,
+                       on_batch=on_batch)
     critiques = generate(critic, critic_tokenizer,
                          [context + exchange(p, r, pr) for p, r, pr in zip(prompts, initial, principles)],
-                         max_new_tokens, temperature, max_prompt_length)
+                         max_new_tokens, temperature, max_prompt_length, on_batch=on_batch)
     revisions = generate(critic, critic_tokenizer,
                          [context + exchange(p, r, pr, c)
                           for p, r, pr, c in zip(prompts, initial, principles, critiques)],
-                         max_new_tokens, temperature, max_prompt_length)
+                         max_new_tokens, temperature, max_prompt_length, on_batch=on_batch)
     return [{"prompt": p, "initial": r, "principle": pr.name, "critique": c, "revision": v}
             for p, r, pr, c, v in zip(prompts, initial, principles, critiques, revisions)]
 
@@ -117,8 +122,10 @@ def run_cai(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
     critic.to(device)
     constitution = load_constitution(constitution_path(c.constitution))
     prompts = red_team_prompts(read_jsonl(Path(data_dir) / "rl_prompts.jsonl"), c.n_prompts)
+    bar = progress_bar("cai", 3 * len(prompts))  # answer, critique, revision
     rows = critique_and_revise(policy, tokenizer, critic, critic_tokenizer, prompts, constitution, c.max_new_tokens,
-                               c.temperature, c.max_prompt_length, cfg.seed)
+                               c.temperature, c.max_prompt_length, cfg.seed, bar.update)
+    bar.close()
     metrics: dict[str, float] = {"cai/n_prompts": float(len(rows))}
     for stage_name, key in (("initial", "initial"), ("revised", "revision")):
         gold = [gold_or_none(r["prompt"], r[key]) for r in rows]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,6 +32,7 @@ from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_policy, resolve_device
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.stats import bootstrap_mean
+from minirlhf.training import progress_bar
 
 QUESTION = "Which response is more helpful, honest and harmless?"
 TEMPLATE = ("Consider the following conversation between a human and an assistant, and two possible last "
@@ -63,8 +65,8 @@ def choice_token_ids(tokenizer) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def first_choice_probability(model, tokenizer, texts: list[str], batch_size: int = 8,
-                             max_length: int = 1024) -> torch.Tensor:
+def first_choice_probability(model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 1024,
+                             on_batch: Callable[[int], object] | None = None) -> torch.Tensor:
     """(n,) P("A") over {"A", "B"} as the next token after each text (left-padded, cut from the left)."""
     a_id, b_id = choice_token_ids(tokenizer)
     # Never more tokens than the model has positions for (GPT-2: n_positions), whatever was asked.
@@ -81,20 +83,22 @@ def first_choice_probability(model, tokenizer, texts: list[str], batch_size: int
                               max_length=max_length, add_special_tokens=False)
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -1]  # (b, vocab)
             out.append(torch.softmax(logits[:, [a_id, b_id]].float(), dim=-1)[:, 0].cpu())
+            if on_batch is not None:  # a progress bar's update
+                on_batch(len(logits))
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = padding, truncation
     return torch.cat(out) if out else torch.zeros(0)
 
 
 def pairwise_preference(model, tokenizer, conversations: list[str], responses_a: list[str], responses_b: list[str],
-                        question: str = QUESTION, batch_size: int = 8,
-                        max_length: int = 1024) -> dict[str, torch.Tensor]:
+                        question: str = QUESTION, batch_size: int = 8, max_length: int = 1024,
+                        on_batch: Callable[[int], object] | None = None) -> dict[str, torch.Tensor]:
     """P(a better than b) per pair, both orders averaged; also each order's own probability (a shown first:
     `p_a_first`; b shown first: `p_a_second`) to measure the position bias."""
     first = [judge_prompt(tokenizer, c, a, b, question) for c, a, b in zip(conversations, responses_a, responses_b)]
     second = [judge_prompt(tokenizer, c, b, a, question) for c, a, b in zip(conversations, responses_a, responses_b)]
-    p_a_first = first_choice_probability(model, tokenizer, first, batch_size, max_length)  # (n,) a is (A)
-    p_a_second = 1.0 - first_choice_probability(model, tokenizer, second, batch_size, max_length)  # (n,) a is (B)
+    p_a_first = first_choice_probability(model, tokenizer, first, batch_size, max_length, on_batch)  # (n,) a is (A)
+    p_a_second = 1.0 - first_choice_probability(model, tokenizer, second, batch_size, max_length, on_batch)  # a is (B)
     return {"p_a": (p_a_first + p_a_second) / 2, "p_a_first": p_a_first, "p_a_second": p_a_second}
 
 
@@ -112,10 +116,15 @@ def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_di
     model.to(resolve_device(cfg.model.device))
     j = cfg.judge
 
-    def judge(conversations, a, b) -> dict[str, torch.Tensor]:
-        return pairwise_preference(model, tokenizer, conversations, a, b, j.question, j.batch_size, j.max_length)
-
     pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")[: j.n_pairs]
+    samples = json.loads((Path(eval_dir) / "samples.json").read_text()) if eval_dir else {}
+    # Every judgement asks twice (both orders): the pairs, then each policy's answers against SFT's.
+    bar = progress_bar("judge", 2 * len(pairs) + 2 * sum(len(rows) for p, rows in samples.items() if p != "sft"))
+
+    def judge(conversations, a, b) -> dict[str, torch.Tensor]:
+        return pairwise_preference(model, tokenizer, conversations, a, b, j.question, j.batch_size, j.max_length,
+                                   bar.update)
+
     human = judge([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
     agree = bootstrap_mean((human["p_a"] > 0.5).float().tolist(), seed=cfg.seed)
     first_shown = ((human["p_a_first"] + 1 - human["p_a_second"]) / 2).mean()
@@ -124,7 +133,6 @@ def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_di
                "judge/n_pairs": float(len(pairs))}
     saved = {"pairs": [{"prompt_id": p.get("pair_id", i), **{k: float(v[i]) for k, v in human.items()}}
                        for i, p in enumerate(pairs)], "policies": {}}
-    samples = json.loads((Path(eval_dir) / "samples.json").read_text()) if eval_dir else {}
     for policy, rows in samples.items():
         if policy == "sft":
             continue
@@ -135,6 +143,7 @@ def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_di
                     f"judge/{policy}/win_rate_high": wins.high, f"judge/{policy}/mean_p": float(judged["p_a"].mean())}
         saved["policies"][policy] = [{"prompt_id": r["prompt_id"], "p_policy": float(p)}
                                      for r, p in zip(rows, judged["p_a"])]
+    bar.close()
     logger.log_metrics(metrics, step=0)
     result = StageResult("judge", metrics=metrics)
     with stage_output(out_dir, result) as tmp:

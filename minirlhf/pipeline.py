@@ -94,10 +94,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("grpo.py", "rloo.py", *SAMPLING, *TRAINING)),
     # Constitutional AI, supervised part: red-team answers critiqued and revised by a constitution (off by default).
     Stage("cai", ("model", "cai"), ("data", "sft"), "minirlhf.cai:run_cai",
-          ("cai.py", "constitution.py", "generation.py", "ppo/core.py", "models.py", "data/task.py", *GOLD)),
+          ("cai.py", "constitution.py", "generation.py", "ppo/core.py", *TRAINING)),
     # AI feedback: the training pairs relabelled by a feedback model under the constitution (off by default).
     Stage("rlaif", ("model", "rlaif"), ("data", "sft"), "minirlhf.rlaif:run_rlaif",
-          ("rlaif.py", "judge.py", "constitution.py", "stats.py", "models.py", "data/task.py", *GOLD)),
+          ("rlaif.py", "judge.py", "constitution.py", "stats.py", *TRAINING)),
     # What the reward model computes: probes and token attributions (off by default).
     Stage("interpret", ("interpret",), ("data", "reward"), "minirlhf.interpret:run_interpret",
           ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "data/task.py", *GOLD)),
@@ -106,7 +106,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
     # A language model as a second judge (off by default): agreement with the human labels, policies against SFT.
     Stage("judge", ("judge",), ("data", "eval"), "minirlhf.judge:run_judge",
-          ("judge.py", "stats.py", "models.py", "data/task.py", *GOLD)),
+          ("judge.py", "stats.py", *TRAINING)),
     # The over-optimisation sweep: its upstream are one eval output per kl_coef (plan_sweep), not pipeline stages.
     Stage("sweep", (), (), "minirlhf.sweep:run_sweep", ("sweep.py", "gao.py", "plots.py")),
     # The reward-hacking calibration: its upstream are the PPO and eval outputs of a kl_coef x ppo.seed sweep, with and

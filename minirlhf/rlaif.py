@@ -19,6 +19,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 from minirlhf.config import PipelineConfig
 from minirlhf.constitution import Constitution, constitution_path, load_constitution
@@ -28,12 +29,13 @@ from minirlhf.judge import pairwise_preference
 from minirlhf.models import load_policy, resolve_device
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.stats import bootstrap_mean
+from minirlhf.training import progress_bar
 
 PAIRS = "pairs_train.jsonl"  # the relabelled pairs, named as the data stage names the human ones
 
 
 def ai_label(model, tokenizer, pairs: list[dict], constitution: Constitution, seed: int, batch_size: int = 8,
-             max_length: int = 768) -> list[dict]:
+             max_length: int = 768, on_batch: Callable[[int], object] | None = None) -> list[dict]:
     """Each pair relabelled: `chosen` is the response the feedback model prefers under the pair's principle;
     `p_first` its probability that the human-chosen one is better; `human_agrees` whether it kept the order."""
     rng = random.Random(seed)
@@ -43,7 +45,7 @@ def ai_label(model, tokenizer, pairs: list[dict], constitution: Constitution, se
         idx = [i for i, p in enumerate(principles) if p.name == principle.name]
         probs = pairwise_preference(model, tokenizer, [pairs[i]["prompt"] for i in idx],
                                     [pairs[i]["chosen"] for i in idx], [pairs[i]["rejected"] for i in idx],
-                                    principle.choice_question, batch_size, max_length)["p_a"]
+                                    principle.choice_question, batch_size, max_length, on_batch)["p_a"]
         for i, p in zip(idx, probs.tolist()):
             p_human_chosen[i] = p
     rows = []
@@ -76,8 +78,10 @@ def run_rlaif(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
     tokenizer, model = load_policy(str(sft_dir) if r.feedback == "policy" else r.feedback)
     model.to(resolve_device(cfg.model.device))
     pairs = read_jsonl(Path(data_dir) / "pairs_train.jsonl")[: r.n_pairs]
+    bar = progress_bar("rlaif", 2 * len(pairs))  # each pair asked in both orders
     rows = ai_label(model, tokenizer, pairs, load_constitution(constitution_path(r.constitution)), cfg.seed,
-                    r.batch_size, r.max_length)
+                    r.batch_size, r.max_length, bar.update)
+    bar.close()
     agree = bootstrap_mean([float(x["human_agrees"]) for x in rows], seed=cfg.seed)
     metrics = {"rlaif/n_pairs": float(len(rows)), "rlaif/human_agreement": agree.value,
                "rlaif/human_agreement_low": agree.low, "rlaif/human_agreement_high": agree.high}
