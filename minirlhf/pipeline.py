@@ -80,7 +80,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("data/prepare.py", "data/task.py", "data/hh.py", *GOLD)),
     # `seed` is in every key through the top level; the model section decides the base model.
     Stage("sft", ("model", "sft"), ("data",), "minirlhf.sft:run_sft", ("sft.py", *TRAINING)),
-    Stage("reward", ("model", "reward"), ("data", "sft"), "minirlhf.reward:run_reward",
+    Stage("reward", ("model", "reward"), ("data", "sft", "rlaif"), "minirlhf.reward:run_reward",
           ("reward.py", "scoring.py", *TRAINING)),
     # Reward models beside the proxy, for the gold-free hacking signals and the conservative reward (off by default).
     Stage("ensemble", ("model", "reward", "ensemble"), ("data", "sft", "reward"), "minirlhf.ensemble:run_ensemble",
@@ -194,8 +194,9 @@ def enabled_stages(cfg: PipelineConfig) -> tuple[str, ...]:
 def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
     """A stage's inputs under this config: a reward model on another backbone does not need the SFT model;
     the eval stage does not wait for (or compare) a disabled baseline."""
-    if name == "reward" and cfg.model.reward_backbone != "sft":
-        return ("data",)
+    if name == "reward":  # its backbone: SFT or another model; its pairs: the data's, or the AI-labelled ones
+        return (("data",) + (("sft",) if cfg.model.reward_backbone == "sft" else ())
+                + (("rlaif",) if cfg.reward.labels == "ai" else ()))
     if name == "ensemble" and cfg.model.reward_backbone != "sft":
         return ("data", "reward")
     return tuple(u for u in STAGES[name].upstream if is_enabled(cfg, u))

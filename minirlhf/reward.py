@@ -136,11 +136,13 @@ def chosen_score_stats(model, tokenizer, rows: list[dict], max_length: int) -> d
 
 
 def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_dir: Path,
-               logger: MetricLogger | None = None) -> StageResult:
+               logger: MetricLogger | None = None, rlaif_dir: Path | None = None) -> StageResult:
+    """The reward model on the training pairs (`reward.labels: ai`: the rlaif stage's relabelled ones, `rlaif_dir`),
+    evaluated on the held-out pairs' human labels."""
     logger = logger or NullLogger()
     started = time.perf_counter()
     data_dir = Path(data_dir)
-    train = read_jsonl(data_dir / "pairs_train.jsonl")
+    train = read_jsonl((Path(rlaif_dir) if cfg.reward.labels == "ai" else data_dir) / "pairs_train.jsonl")
     test = read_jsonl(data_dir / "pairs_test.jsonl")
     tokenizer, model = new_reward_model(cfg, _backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.seed)
     train, n_truncated, n_dropped = fit_to_length(train, tokenizer, cfg.reward.max_length)

@@ -73,3 +73,31 @@ def test_the_rlaif_stage_relabels_training_pairs(tiny_run):
     m = result.metrics
     assert m["rlaif/n_pairs"] == 16 and 0 <= m["rlaif/human_agreement"] <= 1
     assert "rlaif/gold_agreement_ai" in m and "rlaif/gold_agreement_human" in m
+
+
+def test_ai_labels_need_the_rlaif_stage():
+    from minirlhf.config import ConfigError, load_config
+    from minirlhf.pipeline import upstream_of
+
+    with pytest.raises(ConfigError, match="reward.labels=ai .* rlaif.enabled=true"):
+        load_config(None, ["reward.labels=ai"])
+    cfg = load_config(None, ["reward.labels=ai", "rlaif.enabled=true"])
+    assert upstream_of(cfg, "reward") == ("data", "sft", "rlaif")
+    assert upstream_of(load_config(None), "reward") == ("data", "sft")
+
+
+@pytest.mark.slow
+def test_the_reward_model_trains_on_the_ai_labels(tiny_run):
+    from minirlhf.pipeline import plan, run_stage
+    from minirlhf.store import Store
+
+    cfg, results = tiny_run
+    ai = cfg.model_copy(update={"rlaif": cfg.rlaif.model_copy(update={"enabled": True, "n_pairs": 16,
+                                                                       "max_length": 256}),
+                                "reward": cfg.reward.model_copy(update={"labels": "ai"})})
+    store = Store.for_output_dir(cfg.output_dir)
+    with store.run({"rlaif": True}) as run_id:
+        results = {**results, "rlaif": run_stage(plan(ai, "rlaif", results), store, run_id)}
+        reward = run_stage(plan(ai, "reward", results), store, run_id)
+    assert reward.metrics["reward/train_pairs"] == 16  # the relabelled pairs, not the data's 300
+    assert reward.key != results["reward"].key and "reward/accuracy" in reward.metrics  # held-out human labels
