@@ -69,6 +69,12 @@ def fill_main_run(store: Store, out: Path) -> str:
                                "reward/filler_effect": 0.95, "reward/n_test_pairs": 60,
                                **{f"reward/accuracy/{i}": 0.5 + 0.1 * k for k, i in enumerate(INTENTS)}}, step=10)
     done()
+    probes, done = stage(store, run_id, "interpret", out)  # the reward model's probes (minirlhf/interpret.py)
+    store.log_metrics(probes, {"interpret/layers": 2, "interpret/n_responses": 120,
+                               **{f"interpret/filler/layer{i}": v for i, v in enumerate((0.6, 0.8, 0.95))},
+                               "interpret/filler/decodable_at": 2, "interpret/filler/baseline": 0.7,
+                               "interpret/filler/score_r2": 0.9}, step=0)
+    done()
     # PPO: attempt 1 fails after step 4; attempt 2 resumes from the step-3 checkpoint and finishes at step 6.
     ppo1, done = stage(store, run_id, "ppo", out, status="failed", cause="PPOUnstable: loss is NaN at step 5")
     for step in range(1, 5):
@@ -148,12 +154,31 @@ def fill_calibration_run(store: Store, out: Path) -> str:
     return run_id
 
 
+def fill_compare_run(store: Store, out: Path) -> str:
+    """A comparison over seeds (flows/compare.py): means with intervals per policy and for a pair of methods."""
+    run_id = store.start_run({"name": "unit-config-compare", "seed": 0})
+    cmp, done = stage(store, run_id, "compare", out)
+    rows = {"sft": {"gold_reward": (-0.12, -0.2, -0.05)},
+            "ppo": {"gold_reward": (0.6, 0.5, 0.7), "gold_gain": (0.72, 0.6, 0.8), "win_rate_gold": (0.7, 0.65, 0.75)},
+            "dpo": {"gold_reward": (0.4, 0.3, 0.5), "gold_gain": (0.52, 0.4, 0.6), "win_rate_gold": (0.6, 0.5, 0.7)},
+            "ppo_vs_dpo": {"win_rate_gold": (0.55, 0.45, 0.65), "gold_gain": (0.2, -0.05, 0.4)}}
+    for policy, metrics in rows.items():
+        for name, (value, low, high) in metrics.items():
+            store.log_metrics(cmp, {f"compare/{policy}/{name}": value, f"compare/{policy}/{name}_low": low,
+                                    f"compare/{policy}/{name}_high": high}, step=0)
+    store.log_metrics(cmp, {"compare/ppo/episodes": 1920, "compare/n_seeds": 3}, step=0)
+    done()
+    store.finish_run(run_id, "completed")
+    return run_id
+
+
 @pytest.fixture
 def filled(tmp_path):
     store = Store(tmp_path / "rlhf.duckdb")
     main = fill_main_run(store, tmp_path)
     sweep_run, sweep_stage = fill_sweep_run(store, tmp_path)
     fill_calibration_run(store, tmp_path)
+    fill_compare_run(store, tmp_path)
     return store, main, sweep_run, sweep_stage
 
 
@@ -181,14 +206,20 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     path = build_report(store.path, tmp_path / "report")
     assert path == tmp_path / "report" / "report.md"
     text = path.read_text()
-    for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Over-optimisation sweep",
-                  "Reward hacking without gold", "Samples side by side", "Failure events"):
+    for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Policy methods over seeds",
+                  "Over-optimisation sweep", "Reward hacking without gold", "Samples side by side", "Failure events"):
         assert f"## {title}\n" in text, title
     assert "not in this store yet" not in text  # every section has its data here
     hacking = section(text, "Reward hacking without gold")
     assert table_row(hacking, "ood_share") == ["ood_share", "0.250", "0.75", "4", "1", "8", "-1.0"]
     assert table_row(hacking, "combined")[:3] == ["combined", "2.000", "1.00"]
     assert table_row(hacking, "0.01")[1:4] == ["off", "2", "-0.360 ± 0.050"]
+    probes = section(text, "Reward model").split("### What the reward model computes", 1)[1]
+    assert table_row(probes, "filler") == ["filler", "0.950", "0.700", "2", "0.900"]
+    compare = section(text, "Policy methods over seeds")
+    assert table_row(compare, "**ppo**")[1:4] == ["0.600 [0.500, 0.700]", "0.720 [0.600, 0.800]",
+                                                  "0.700 [0.650, 0.750]"]
+    assert table_row(compare, "ppo vs dpo")[3] == "no: the interval holds 0"
 
     # 1. the run: the main run by default (the sweep run is newer but is a sweep), both PPO attempts.
     assert f"`{main}`" in text and "unit-config |" in text
