@@ -80,6 +80,16 @@ def route_library_logs() -> None:
                 handler.addFilter(SummarisedFilter())
 
 
+def start_flow_command(config, set_, verbose: bool, ephemeral: bool):
+    """What every command that runs a flow does first: the config loaded and checked (a bad input fails here, in one
+    line, before Prefect starts and the store records a run), Prefect's console quietened and its server chosen
+    before Prefect is imported. Returns (config, the UI's address or None)."""
+    cfg = _load(config, set_)
+    check_before_run(cfg)
+    quiet_prefect_console(verbose)
+    return cfg, choose_server(ephemeral)
+
+
 def flow_result(state, what: str):
     """A finished flow's result; a flow run that did not complete ends the command with its state, exit 1."""
     if not state.is_completed():
@@ -92,10 +102,7 @@ def flow_result(state, what: str):
 def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False,
          ephemeral: EphemeralOpt = False) -> None:
     """Run the whole pipeline as the Prefect flow `rlhf-pipeline` (cached stage tasks, PPO retries)."""
-    cfg = _load(config, set_)
-    check_before_run(cfg)  # a bad input fails here, in one line, before Prefect starts and the store records a run
-    quiet_prefect_console(verbose)
-    ui = choose_server(ephemeral)
+    cfg, ui = start_flow_command(config, set_, verbose, ephemeral)
     from flows.pipeline import rlhf_pipeline
 
     route_library_logs()
@@ -125,10 +132,7 @@ def sweep(
         raise UserError(f"--kl-coefs must be numbers separated by commas, e.g. 0.2,0.05 (got {kl_coefs!r})") from None
     if len(set(coefs)) < 2 or any(c < 0 for c in coefs):
         raise UserError(f"--kl-coefs needs at least two different non-negative values (got {kl_coefs!r})")
-    cfg = _load(config, set_)
-    check_before_run(cfg)
-    quiet_prefect_console(verbose)
-    choose_server(ephemeral)
+    cfg, _ = start_flow_command(config, set_, verbose, ephemeral)
     from flows.sweep import overoptimization_sweep
 
     route_library_logs()
@@ -174,10 +178,7 @@ def calibrate(
                         "e.g. --seeds 1,2,3") from None
     if defence_reward not in ("ensemble_mean_minus_std", "ensemble_min", "proxy"):
         raise UserError(f"--defence-reward {defence_reward!r}: choose ensemble_mean_minus_std, ensemble_min or proxy")
-    cfg = _load(config, set_)
-    check_before_run(cfg)
-    quiet_prefect_console(verbose)
-    choose_server(ephemeral)
+    cfg, _ = start_flow_command(config, set_, verbose, ephemeral)
     from flows.calibration import calibration_markdown, hacking_calibration
 
     route_library_logs()
@@ -209,10 +210,7 @@ def compare(
         raise UserError(f"--seeds is comma-separated integers, e.g. --seeds 1,2,3 (got {seeds!r})") from None
     if len(set(seed_list)) < 2:
         raise UserError(f"--seeds needs at least two different seeds for an interval over seeds (got {seeds!r})")
-    cfg = _load(config, set_)
-    check_before_run(cfg)
-    quiet_prefect_console(verbose)
-    choose_server(ephemeral)
+    cfg, _ = start_flow_command(config, set_, verbose, ephemeral)
     from flows.compare import compare_markdown, compare_methods
 
     route_library_logs()

@@ -47,23 +47,27 @@ def test_a_pure_position_bias_cancels_to_one_half(tiny_judge):
     assert torch.allclose(p["p_a"], torch.full((2,), 0.5), atol=1e-6)
 
 
-def test_a_judge_that_prefers_one_answer_flips_with_the_pair(tiny_judge):
-    """A judge that always names the letter of the response with 'Paris' in it (a hook reading the prompt)."""
-    tokenizer, model = tiny_judge
+def steer(model, tokenizer, word: str):
+    """Hooks that make the model name the letter of the response containing `word` (a judge with a preference that
+    follows content, whatever the order): they read the prompt and add to the chosen letter's logit."""
     a_id, b_id = choice_token_ids(tokenizer)
-    texts: list[str] = []
+    seen: list[str] = []
 
-    def prefers_paris(module, args, kwargs):
-        texts[:] = tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True)
+    def read(module, args, kwargs):
+        seen[:] = tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True)
 
     def answer(module, inputs, output):
-        for i, text in enumerate(texts):
+        for i, text in enumerate(seen):
             a_part = text.split("Response (A):")[1].split("Response (B):")[0]
-            output[i, -1, a_id if "Paris" in a_part else b_id] += 30.0
+            output[i, -1, a_id if word in a_part else b_id] += 30.0
         return output
 
-    hooks = [model.register_forward_pre_hook(prefers_paris, with_kwargs=True),
-             model.lm_head.register_forward_hook(answer)]
+    return [model.register_forward_pre_hook(read, with_kwargs=True), model.lm_head.register_forward_hook(answer)]
+
+
+def test_a_judge_that_prefers_one_answer_flips_with_the_pair(tiny_judge):
+    tokenizer, model = tiny_judge
+    hooks = steer(model, tokenizer, "Paris")
     try:
         p = pairwise_preference(model, tokenizer, [CONVERSATION] * 2, [" Paris.", " Lyon."], [" Lyon.", " Paris."])
     finally:

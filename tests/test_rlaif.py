@@ -6,30 +6,12 @@ import json
 import pytest
 
 from minirlhf.constitution import DEFAULT, load_constitution
-from minirlhf.judge import choice_token_ids
 from minirlhf.rlaif import ai_label, gold_agreement
-from tests.test_judge import tiny_judge  # noqa: F401  (the module fixture)
+from tests.test_judge import steer, tiny_judge  # noqa: F401  (tiny_judge: the module fixture)
 
 PROMPT = "\n\nHuman: What is the capital of France?\n\nAssistant:"
 PAIRS = [{"prompt": PROMPT, "chosen": " The capital of France is Paris.", "rejected": " The capital is Lyon."},
          {"prompt": PROMPT, "chosen": " The capital is Lyon.", "rejected": " The capital of France is Paris."}]
-
-
-def steer(model, tokenizer, word: str):
-    """Hooks that make the model name the letter of the response containing `word`."""
-    a_id, b_id = choice_token_ids(tokenizer)
-    seen: list[str] = []
-
-    def read(module, args, kwargs):
-        seen[:] = tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True)
-
-    def answer(module, inputs, output):
-        for i, text in enumerate(seen):
-            a_part = text.split("Response (A):")[1].split("Response (B):")[0]
-            output[i, -1, a_id if word in a_part else b_id] += 30.0
-        return output
-
-    return [model.register_forward_pre_hook(read, with_kwargs=True), model.lm_head.register_forward_hook(answer)]
 
 
 @pytest.mark.parametrize("word, keeps", [("Paris", [True, False]), ("Lyon", [False, True])])
