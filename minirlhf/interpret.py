@@ -33,7 +33,7 @@ from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import FILLER, NotATaskPrompt, gold_score, is_refusal
 from minirlhf.data.task import HEDGES, read_jsonl
 from minirlhf.models import load_reward_model
-from minirlhf.scoring import score_texts
+from minirlhf.scoring import score_texts, scoring_batches
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 
 FEATURES = ("correct", "hedge", "filler", "refusal", "length")
@@ -59,23 +59,14 @@ def last_token_states(model, tokenizer, prompts: list[str], responses: list[str]
     token the sequence classifier reads its score from (the texts exactly as minirlhf.scoring.score_texts builds
     them)."""
     model.eval()
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
     device = next(model.parameters()).device
     chunks = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [p + r + tokenizer.eos_token
-                     for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            hidden = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 x (b, seq, width)
-            mask = batch["attention_mask"]  # (b, seq)
-            positions = torch.arange(mask.shape[1], device=device)
-            last = (mask * positions).argmax(1)  # (b,): the last attended position, whichever side pads
-            chunks.append(torch.stack([h[torch.arange(len(texts), device=device), last] for h in hidden]).float().cpu())
-    finally:
-        tokenizer.truncation_side = side
+    for batch in scoring_batches(tokenizer, prompts, responses, batch_size, max_length, device):
+        hidden = model(**batch, output_hidden_states=True).hidden_states  # layers + 1 x (b, seq, width)
+        mask = batch["attention_mask"]  # (b, seq)
+        last = (mask * torch.arange(mask.shape[1], device=device)).argmax(1)  # (b,): last attended, either padding
+        rows = torch.arange(len(mask), device=device)
+        chunks.append(torch.stack([h[rows, last] for h in hidden]).float().cpu())
     return torch.cat(chunks, dim=1)
 
 

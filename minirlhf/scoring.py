@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -28,18 +29,12 @@ MEMBERS_FILE = "members.json"  # [{"name": "member-1", "seed": 1000, "score_mean
 HELDOUT = "heldout"
 
 
-@torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64,
-                max_length: int = 512) -> torch.Tensor:
-    """Reward-model scores of `prompt + response + EOS`, as RewardTrainer trained them. (batch,) float32.
-
-    Too-long texts are cut from the left, keeping the end where the score is read."""
-    was_training = model.training
-    model.eval()
+def scoring_batches(tokenizer, prompts: list[str], responses: list[str], batch_size: int, max_length: int,
+                    device) -> Iterator[dict[str, torch.Tensor]]:
+    """`prompt + response + EOS` tokenised as RewardTrainer saw them, in batches on `device`; too-long texts cut from
+    the left, keeping the end where the score is read."""
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
-    device = next(model.parameters()).device
-    scores = []
     try:
         for i in range(0, len(prompts), batch_size):
             texts = [p + r + tokenizer.eos_token
@@ -47,10 +42,22 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
             # add_special_tokens as TRL tokenizes (`tokenizer(text=...)`): [CLS]...[SEP] for BERT-like backbones,
             # nothing for GPT-2.
             batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            scores.append(model(**batch).logits[:, 0].float().cpu())
+            yield {k: v.to(device) for k, v in batch.items()}
     finally:
         tokenizer.truncation_side = side
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 64,
+                max_length: int = 512) -> torch.Tensor:
+    """Reward-model scores of `prompt + response + EOS`, as RewardTrainer trained them. (batch,) float32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        scores = [model(**batch).logits[:, 0].float().cpu()
+                  for batch in scoring_batches(tokenizer, prompts, responses, batch_size, max_length, device)]
+    finally:
         model.train(was_training)
     return torch.cat(scores) if scores else torch.zeros(0)
 
