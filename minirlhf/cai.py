@@ -70,6 +70,10 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, temperatur
     """One sampled continuation per text, cut at the next turn marker."""
     device = next(model.parameters()).device
     config = sampling_config(tokenizer, temperature, max_new_tokens)
+    # Context and answer within the model's positions (the demo's GPT-2 has 256): the context is cut from the left.
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if positions:
+        max_prompt_length = max(1, min(max_prompt_length, positions - max_new_tokens))
     out = []
     for i in range(0, len(texts), batch_size):
         ids, mask = encode_prompts(tokenizer, texts[i : i + batch_size], max_prompt_length, device)

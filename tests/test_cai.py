@@ -47,8 +47,9 @@ def test_the_cai_stage_writes_well_formed_revisions_into_the_store(tiny_run):
     from minirlhf.store import Store
 
     cfg, results = tiny_run
-    cai = cfg.model_copy(update={"cai": cfg.cai.model_copy(update={
-        "enabled": True, "n_prompts": 6, "max_new_tokens": 16, "max_prompt_length": 200})})
+    # The default context (768 tokens) is longer than the tiny model's 256 positions: generation cuts it to fit.
+    cai = cfg.model_copy(update={"cai": cfg.cai.model_copy(update={"enabled": True, "n_prompts": 6,
+                                                                   "max_new_tokens": 16})})
     store = Store.for_output_dir(cfg.output_dir)
     with store.run({"cai": True}) as run_id:
         result = run_stage(plan(cai, "cai", results), store, run_id)
