@@ -119,7 +119,7 @@ def tiny_cli_run(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The whole tiny pipeline once per session (tests/test_ppo.py's TINY), with the stages that are off by default
+    """The whole tiny pipeline once per pytest run (tests/test_ppo.py's TINY), with the stages that are off by default
     on: GRPO and the reward-model probes. tests/test_baselines.py, test_interpret.py and test_compare.py read it."""
     from minirlhf.config import load_config
     from minirlhf.pipeline import run_pipeline
