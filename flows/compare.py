@@ -15,7 +15,7 @@ evaluations into intervals (v_compare, the report's comparison, the dashboard's 
 
 from __future__ import annotations
 
-from minirlhf.compare import seed_config
+from minirlhf.compare import METHODS, seed_config
 from minirlhf.config import PipelineConfig
 from minirlhf.pipeline import enabled_stages, plan, plan_compare
 from minirlhf.stage import StageResult
@@ -46,7 +46,7 @@ def compare_methods(config: PipelineConfig = PipelineConfig(), seeds: list[int] 
             results: dict[str, StageResult] = {}
             for name in enabled_stages(cfg):
                 results[name] = run_stage_task(plan(cfg, name, results), run_id)
-            seconds = {m: results[m].seconds for m in ("ppo", "dpo", "rloo", "grpo") if m in results}
+            seconds = {m: results[m].seconds for m in METHODS if m in results}
             points.append({"seed": seed, "eval": results["eval"], "seconds": seconds})
         budget_cfg = seed_config(config, seeds[0], vary_all, equal_episodes)
         result = run_stage_task(plan_compare(budget_cfg, points), run_id)

@@ -33,7 +33,7 @@ from minirlhf.constitution import Constitution, Principle, constitution_path, lo
 from minirlhf.data.gold import gold_or_none, is_refusal
 from minirlhf.data.task import read_jsonl
 from minirlhf.generation import decode_responses, encode_prompts, sample_responses, sampling_config
-from minirlhf.models import load_policy, resolve_device
+from minirlhf.models import load_policy, max_positions, resolve_device
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import progress_bar
 
@@ -71,7 +71,7 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, temperatur
     device = next(model.parameters()).device
     config = sampling_config(tokenizer, temperature, max_new_tokens)
     # Context and answer within the model's positions (the demo's GPT-2 has 256): the context is cut from the left.
-    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    positions = max_positions(model)
     if positions:
         max_prompt_length = max(1, min(max_prompt_length, positions - max_new_tokens))
     out = []

@@ -29,7 +29,7 @@ import torch
 
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
-from minirlhf.models import load_policy, resolve_device
+from minirlhf.models import load_policy, max_positions, resolve_device
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.stats import bootstrap_mean
 from minirlhf.training import progress_bar
@@ -70,7 +70,7 @@ def first_choice_probability(model, tokenizer, texts: list[str], batch_size: int
     """(n,) P("A") over {"A", "B"} as the next token after each text (left-padded, cut from the left)."""
     a_id, b_id = choice_token_ids(tokenizer)
     # Never more tokens than the model has positions for (GPT-2: n_positions), whatever was asked.
-    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    positions = max_positions(model)
     max_length = min(max_length, positions) if positions else max_length
     model.eval()
     device = next(model.parameters()).device

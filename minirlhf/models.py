@@ -181,6 +181,11 @@ def load_reward_model(name: str, gguf_file: str | None = None,
     return tokenizer, model
 
 
+def max_positions(model: PreTrainedModel) -> int | None:
+    """The most tokens the model can read at once (GPT-2: n_positions; most others: max_position_embeddings)."""
+    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+
+
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
     """Turn every dropout in `model` off, in place, whatever mode it is in later; returns the model.
 

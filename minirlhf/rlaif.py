@@ -15,7 +15,6 @@ ones (`reward.labels: ai`). Each row keeps the human order's agreement and, on t
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -95,7 +94,6 @@ def run_rlaif(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
                        step=0, policy="rlaif_chosen")
     result = StageResult("rlaif", metrics=metrics)
     with stage_output(out_dir, result) as tmp:
-        write_jsonl(tmp / PAIRS, rows)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_jsonl(tmp / PAIRS, rows)  # the metrics are in the stage's record.json
         result.seconds = time.perf_counter() - started
     return result
