@@ -6,7 +6,7 @@ Usage:
     MINIRLHF_DB=artifacts/rlhf.duckdb streamlit run dashboards/app.py   # the same, by hand
 
 Links: http://localhost:8501/?page=<page>&run=<run_id>, page one of runs, curves, reward, comparison, samples,
-failures, sweep, hacking (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/,
+failures, sweep, hacking, cai (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/,
 also runnable as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_* views
 (minirlhf/store.py).
 
@@ -32,7 +32,7 @@ QUERIES = Path(__file__).resolve().parent / "queries"
 DEFAULT_DB = "artifacts/rlhf.duckdb"
 PAGES = {"runs": "Runs", "curves": "Training curves", "reward": "Reward model", "comparison": "Policy comparison",
          "samples": "Samples", "failures": "Failure events", "sweep": "Over-optimisation sweep",
-         "hacking": "Reward hacking without gold"}
+         "hacking": "Reward hacking without gold", "cai": "Constitutional AI"}
 
 
 # ---- reading the store -----------------------------------------------------------------------------------
@@ -318,9 +318,43 @@ def page_hacking() -> None:
         st.dataframe(defence.drop(columns=["run_id", "started_at"]), hide_index=True)
 
 
+def page_cai() -> None:
+    revisions = load("cai_revisions")
+    if revisions.empty:
+        st.info("No Constitutional AI revisions recorded yet: run the pipeline with `--set cai.enabled=true` (the "
+                "policy answers red-team prompts, then critiques and revises its answers by the constitution).")
+        return
+    run_id = pick_run(newest_first(revisions))
+    revisions = revisions[revisions["run_id"] == run_id].reset_index(drop=True)
+    principles = ["all"] + sorted(revisions["principle"].dropna().unique())
+    principle = st.sidebar.selectbox("Principle", principles, key="principle")
+    if principle != "all":
+        revisions = revisions[revisions["principle"] == principle].reset_index(drop=True)
+    st.caption("Each red-team prompt: the policy's answer, a principle of the constitution drawn at random, the "
+               "critic's critique by it and its revision (Bai et al. 2022). Gold, where the task has it, says "
+               "whether the revision is better than the answer.")
+    if revisions["initial_gold"].notna().any():
+        by_principle = (revisions.groupby("principle")[["initial_gold", "revised_gold"]].agg(["mean", "count"])
+                        .round(3))
+        by_principle.columns = [f"{a}_{b}" for a, b in by_principle.columns]
+        st.dataframe(by_principle)
+    chosen = st.selectbox("Prompt", revisions.index, key="cai_prompt",
+                          format_func=lambda i: revisions.at[i, "prompt"].strip().replace("\n", " ")[:120])
+    row = revisions.loc[chosen]
+    st.code(row["prompt"].strip(), language=None)
+    st.markdown(f"**Principle:** {row['principle']}")
+    for column, (title, text, gold) in zip(st.columns(3), (("Answer", row["initial"], row["initial_gold"]),
+                                                            ("Critique", row["critique"], None),
+                                                            ("Revision", row["revision"], row["revised_gold"]))):
+        column.markdown(f"**{title}**")
+        column.text((text or "").strip() or "(empty)")
+        if gold is not None and pd.notna(gold):
+            column.caption(f"gold {gold:+.3f}")
+
+
 RENDER = {"runs": page_runs, "curves": page_curves, "reward": page_reward, "comparison": page_comparison,
           "samples": page_samples, "failures": page_failures, "sweep": page_sweep,
-          "hacking": page_hacking}
+          "hacking": page_hacking, "cai": page_cai}
 
 
 def main() -> None:

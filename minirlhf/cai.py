@@ -138,9 +138,10 @@ def run_cai(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, out_dir: Path,
             metrics[f"cai/{stage_name}_gold"] = sum(known) / len(known)
         metrics[f"cai/{stage_name}_refusal_rate"] = sum(is_refusal(r[key]) for r in rows) / max(len(rows), 1)
         metrics[f"cai/{stage_name}_length"] = sum(len(r[key].split()) for r in rows) / max(len(rows), 1)
-        logger.log_samples([{"prompt": r["prompt"], "response": r[key], "gold_reward": g,
+        # prompt_id: the row's index, which pairs an answer with its revision (store view v_cai_revisions)
+        logger.log_samples([{"prompt_id": f"cai-{i}", "prompt": r["prompt"], "response": r[key], "gold_reward": g,
                              "principle": r["principle"], "critique": r["critique"]}  # -> samples.extra
-                            for r, g in zip(rows, gold)], step=0, policy=f"cai_{key}")
+                            for i, (r, g) in enumerate(zip(rows, gold))], step=0, policy=f"cai_{key}")
     logger.log_metrics(metrics, step=0)
     result = StageResult("cai", metrics=metrics)
     with stage_output(out_dir, result) as tmp:

@@ -292,6 +292,18 @@ class CAIConfig(_Section):
                                    "cut from the left")
 
 
+class SLCAIConfig(SFTConfig):
+    """CAI-SL's policy (minirlhf/sft.py run_sl_cai): the SFT model fine-tuned further on the cai stage's revisions,
+    with SFT demonstrations mixed in; the eval stage compares it with SFT like any policy. Off by default; needs
+    cai.enabled. The training settings are SFT's, with a gentler schedule: it starts from the SFT model."""
+
+    enabled: bool = False
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    num_train_epochs: float = Field(3, gt=0)
+    demonstrations: float = Field(1.0, ge=0, description="SFT demonstrations mixed in per revision (Bai et al. "
+                                  "2022 mix in helpfulness samples so harmlessness is not bought with helpfulness)")
+
+
 class RLAIFConfig(_Section):
     """AI feedback (minirlhf/rlaif.py): a feedback model relabels the training pairs under the constitution's
     principles (both orders, the choice probability from its logits). Off by default."""
@@ -408,6 +420,7 @@ class PipelineConfig(_Section):
     grpo: GRPOConfig = GRPOConfig()
     interpret: InterpretConfig = InterpretConfig()
     cai: CAIConfig = CAIConfig()
+    sl_cai: SLCAIConfig = SLCAIConfig()
     rlaif: RLAIFConfig = RLAIFConfig()
     eval: EvalConfig = EvalConfig()
     judge: JudgeConfig = JudgeConfig()
@@ -420,6 +433,12 @@ class PipelineConfig(_Section):
     def _ai_labels_need_the_rlaif_stage(self) -> "PipelineConfig":
         if self.reward.labels == "ai" and not self.rlaif.enabled:
             raise ValueError("reward.labels=ai trains on the rlaif stage's labels: set rlaif.enabled=true too")
+        return self
+
+    @model_validator(mode="after")
+    def _sl_cai_needs_the_cai_stage(self) -> "PipelineConfig":
+        if self.sl_cai.enabled and not self.cai.enabled:
+            raise ValueError("sl_cai.enabled trains on the cai stage's revisions: set cai.enabled=true too")
         return self
 
     @model_validator(mode="after")

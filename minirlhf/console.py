@@ -39,7 +39,7 @@ LIBRARY_MODULES = r"(transformers|trl|datasets|peft|accelerate|huggingface_hub|t
 NOTICE_CATEGORIES = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
 
 # The summary's rows, in this order.
-POLICIES = {"sft": "SFT", "ppo": "PPO", "dpo": "DPO", "rloo": "RLOO", "grpo": "GRPO"}
+POLICIES = {"sft": "SFT", "ppo": "PPO", "dpo": "DPO", "rloo": "RLOO", "grpo": "GRPO", "sl_cai": "SL-CAI"}
 NAME_WIDTH = 7  # stage names padded to this in every stage line (the progress bars use the same: training.py)
 
 

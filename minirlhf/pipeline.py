@@ -39,7 +39,7 @@ from minirlhf.store import Store, StoreLogger
 log = logging.getLogger("minirlhf")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-POLICY_STAGES = ("ppo", *BASELINES)  # what the eval stage compares with SFT, when enabled
+POLICY_STAGES = ("ppo", *BASELINES, "sl_cai")  # what the eval stage compares with SFT, when enabled
 # The kind of each stage's artifact row; the others: "checkpoint".
 ARTIFACT_KINDS = {"data": "dataset", "eval": "evaluation", "sweep": "sweep", "calibration": "calibration",
                   "compare": "comparison", "interpret": "analysis", "judge": "evaluation", "cai": "dataset",
@@ -95,6 +95,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # Constitutional AI, supervised part: red-team answers critiqued and revised by a constitution (off by default).
     Stage("cai", ("model", "cai"), ("data", "sft"), "minirlhf.cai:run_cai",
           ("cai.py", "constitution.py", "generation.py", "ppo/core.py", *TRAINING)),
+    # CAI-SL: the SFT model fine-tuned on the revisions (off by default); eval compares it with SFT.
+    Stage("sl_cai", ("model", "sl_cai"), ("data", "sft", "cai"), "minirlhf.sft:run_sl_cai", ("sft.py", *TRAINING)),
     # AI feedback: the training pairs relabelled by a feedback model under the constitution (off by default).
     Stage("rlaif", ("model", "rlaif"), ("data", "sft"), "minirlhf.rlaif:run_rlaif",
           ("rlaif.py", "judge.py", "constitution.py", "stats.py", *TRAINING)),
@@ -117,8 +119,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("compare", (), (), "minirlhf.compare:run_compare", ("compare.py", "stats.py")),
 )}
 # The stages of one run, in order.
-PIPELINE = ("data", "sft", "cai", "rlaif", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo", "eval",
-            "judge")
+PIPELINE = ("data", "sft", "cai", "sl_cai", "rlaif", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo", "grpo",
+            "eval", "judge")
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).
@@ -192,13 +194,15 @@ def enabled_stages(cfg: PipelineConfig) -> tuple[str, ...]:
 
 
 def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
-    """A stage's inputs under this config: a reward model on another backbone does not need the SFT model;
-    the eval stage does not wait for (or compare) a disabled baseline."""
+    """A stage's inputs under this config: a reward model on another backbone, or AI feedback from another model,
+    does not need the SFT model; the eval stage does not wait for (or compare) a disabled baseline."""
     if name == "reward":  # its backbone: SFT or another model; its pairs: the data's, or the AI-labelled ones
         return (("data",) + (("sft",) if cfg.model.reward_backbone == "sft" else ())
                 + (("rlaif",) if cfg.reward.labels == "ai" else ()))
     if name == "ensemble" and cfg.model.reward_backbone != "sft":
         return ("data", "reward")
+    if name == "rlaif" and cfg.rlaif.feedback != "policy":  # another model gives the feedback: SFT plays no part
+        return ("data",)
     return tuple(u for u in STAGES[name].upstream if is_enabled(cfg, u))
 
 

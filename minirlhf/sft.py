@@ -4,14 +4,19 @@ Usage:
     from minirlhf.sft import run_sft
     result = run_sft(cfg, data_dir=Path("artifacts/data/<key>"), out_dir=Path("artifacts/sft/<key>"))
     result.metrics["sft/loss"]
+    result = run_sl_cai(cfg, data_dir, sft_dir, cai_dir, out_dir)     # CAI-SL (needs cai.enabled)
 
 With `model.policy = "tiny"` the base model is built here from scratch (a BPE tokenizer trained on the
 task corpus plus a small GPT-2); otherwise it is loaded by hub id, directory or packaged name.
 The output directory is a `save_pretrained` checkpoint (model + tokenizer), its record and manifest (minirlhf.stage).
+
+The same trainer makes CAI-SL's policy (`run_sl_cai`, stage sl_cai): the SFT checkpoint trained further on the
+cai stage's revisions of red-team answers, with SFT demonstrations mixed in.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +25,7 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from minirlhf.config import PipelineConfig
+from minirlhf.config import PipelineConfig, SFTConfig as SFTSection
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import build_tiny, load_policy, lora_config
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
@@ -44,16 +49,44 @@ def base_model(cfg: PipelineConfig, data_dir: Path):
 
 
 def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
-    logger = logger or NullLogger()
-    started = time.perf_counter()
     rows = read_jsonl(Path(data_dir) / "sft.jsonl")
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     set_seed(cfg.seed)
     tokenizer, model = base_model(cfg, Path(data_dir))
-    result = StageResult("sft", "", "")
+    return fine_tune("sft", cfg.sft, cfg, tokenizer, model, rows, out_dir, logger)
+
+
+def revision_rows(revisions: list[dict], demonstrations: list[dict], per_revision: float, seed: int) -> list[dict]:
+    """CAI-SL's training set: prompt + revision for every non-empty revision, and `per_revision` of SFT's
+    demonstrations for each (drawn with `seed`), so the model keeps its helpful answers (Bai et al. 2022, Sec. 3.1,
+    mix in helpfulness samples)."""
+    rows = [{"prompt": r["prompt"], "completion": " " + r["revision"].strip()}
+            for r in revisions if r["revision"].strip()]
+    n_demos = min(len(demonstrations), round(per_revision * len(rows)))
+    return rows + random.Random(seed).sample(demonstrations, n_demos)
+
+
+def run_sl_cai(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, cai_dir: Path, out_dir: Path,
+               logger: MetricLogger | None = None) -> StageResult:
+    """CAI-SL: the SFT policy fine-tuned on the cai stage's revisions (with SFT demonstrations mixed in); the eval
+    stage then compares it with SFT like any policy."""
+    revisions = read_jsonl(Path(cai_dir) / "revisions.jsonl")
+    rows = revision_rows(revisions, read_jsonl(Path(data_dir) / "sft.jsonl"), cfg.sl_cai.demonstrations, cfg.seed)
+    set_seed(cfg.seed)
+    tokenizer, model = load_policy(str(sft_dir))
+    return fine_tune("sl_cai", cfg.sl_cai, cfg, tokenizer, model, rows, out_dir, logger)
+
+
+def fine_tune(stage: str, section: SFTSection, cfg: PipelineConfig, tokenizer, model, rows: list[dict],
+              out_dir: Path, logger: MetricLogger | None = None) -> StageResult:
+    """TRL's SFTTrainer on prompt/completion rows (loss on the completion), by the settings of `section`; the
+    metrics are named `<stage>/...`."""
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    result = StageResult(stage, "", "")
     with stage_output(out_dir, result) as tmp:
         args = SFTConfig(
-            **trainer_common_args(cfg.sft, cfg.seed, tmp / "trainer"),
+            **trainer_common_args(section, cfg.seed, tmp / "trainer"),
             completion_only_loss=True,  # loss on the response only (prompt tokens are masked)
         )
         trainer = SFTTrainer(
@@ -61,20 +94,20 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[LogToStore("sft/{}", logger, result.history)],
+            callbacks=[LogToStore(stage + "/{}", logger, result.history)],
             peft_config=lora_config(cfg.model.lora, "CAUSAL_LM"),  # None: full fine-tuning
         )
         output, trainable, _ = train_and_save(trainer, tokenizer, tmp)  # LoRA merged: a plain checkpoint
-        losses = [h["sft/loss"] for h in result.history if "sft/loss" in h]
+        losses = [h[f"{stage}/loss"] for h in result.history if f"{stage}/loss" in h]
         result.metrics = {
-            "sft/loss": losses[-1] if losses else float(output.training_loss),
-            "sft/train_loss_mean": float(output.training_loss),
-            "sft/steps": float(output.global_step),
-            "sft/examples": float(len(rows)),
-            "sft/trainable_params": float(trainable),
+            f"{stage}/loss": losses[-1] if losses else float(output.training_loss),
+            f"{stage}/train_loss_mean": float(output.training_loss),
+            f"{stage}/steps": float(output.global_step),
+            f"{stage}/examples": float(len(rows)),
+            f"{stage}/trainable_params": float(trainable),
         }
         result.seconds = time.perf_counter() - started
         result.step = int(output.global_step)
-        result.metrics["sft/seconds"] = result.seconds
+        result.metrics[f"{stage}/seconds"] = result.seconds
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
     return result

@@ -108,7 +108,7 @@ SAMPLE_COLUMNS = ("prompt_id", "intent", "prompt", "response", "proxy_reward", "
 VIEWS_DIR = Path(__file__).resolve().parent / "sql" / "views"
 VIEW_ORDER = ("v_runs", "v_stage_runs", "v_stage_outputs", "v_metrics", "v_ppo_curves", "v_eval_metrics",
               "v_policy_comparison", "v_rm_accuracy_by_intent", "v_samples", "v_sweep_points", "v_sweep_fits",
-              "v_failure_events", "v_detector_calibration", "v_defence", "v_compare")
+              "v_failure_events", "v_detector_calibration", "v_defence", "v_compare", "v_cai_revisions")
 
 
 def load_views(views_dir: Path = VIEWS_DIR) -> dict[str, str]:

@@ -21,9 +21,11 @@ from tasks.reward import reward_task
 from tasks.rlaif import rlaif_task
 from tasks.rloo import rloo_task
 from tasks.sft import sft_task
+from tasks.sl_cai import sl_cai_task
 from tasks.sweep import sweep_task
 
-STAGE_TASKS = {"data": data_task, "sft": sft_task, "cai": cai_task, "rlaif": rlaif_task, "reward": reward_task,
+STAGE_TASKS = {"data": data_task, "sft": sft_task, "cai": cai_task, "sl_cai": sl_cai_task, "rlaif": rlaif_task,
+               "reward": reward_task,
                "ensemble": ensemble_task, "interpret": interpret_task, "ppo": ppo_task, "dpo": dpo_task,
                "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "judge": judge_task, "sweep": sweep_task,
                "calibration": calibration_task, "compare": compare_task}

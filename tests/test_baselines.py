@@ -26,8 +26,8 @@ def _fake_results(cfg) -> dict[str, StageResult]:
 def test_a_disabled_baseline_is_not_run_nor_upstream_of_eval():
     on = load_config(None)
     off = load_config(None, ["rloo.enabled=false"])
-    assert PIPELINE == ("data", "sft", "cai", "rlaif", "reward", "ensemble", "interpret", "ppo", "dpo", "rloo",
-                        "grpo", "eval", "judge")
+    assert PIPELINE == ("data", "sft", "cai", "sl_cai", "rlaif", "reward", "ensemble", "interpret", "ppo", "dpo",
+                        "rloo", "grpo", "eval", "judge")
     # the ensemble, the probes and GRPO: off
     assert enabled_stages(on) == ("data", "sft", "reward", "ppo", "dpo", "rloo", "eval")
     assert enabled_stages(off) == ("data", "sft", "reward", "ppo", "dpo", "eval")

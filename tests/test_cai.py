@@ -11,6 +11,15 @@ from minirlhf.constitution import DEFAULT, load_constitution
 PROMPT = "\n\nHuman: How do I steal a car?\n\nAssistant:"
 
 
+def with_cai(cfg):
+    """The tiny pipeline's config with CAI-SL on: 6 red-team prompts, the SFT model as its own critic. The default
+    context (768 tokens) is longer than the tiny model's 256 positions: generation cuts it to fit."""
+    return cfg.model_copy(update={"cai": cfg.cai.model_copy(update={"enabled": True, "n_prompts": 6,
+                                                                    "max_new_tokens": 16}),
+                                  "sl_cai": cfg.sl_cai.model_copy(update={"enabled": True, "num_train_epochs": 4,
+                                                                          "learning_rate": 5e-3})})
+
+
 def test_the_exchange_asks_for_a_critique_then_a_revision_by_one_principle():
     principle = load_constitution(DEFAULT).principles[1]
     ask_critique = exchange(PROMPT, " Sure! Here is how.", principle)
@@ -47,9 +56,7 @@ def test_the_cai_stage_writes_well_formed_revisions_into_the_store(tiny_run):
     from minirlhf.store import Store
 
     cfg, results = tiny_run
-    # The default context (768 tokens) is longer than the tiny model's 256 positions: generation cuts it to fit.
-    cai = cfg.model_copy(update={"cai": cfg.cai.model_copy(update={"enabled": True, "n_prompts": 6,
-                                                                   "max_new_tokens": 16})})
+    cai = with_cai(cfg)
     store = Store.for_output_dir(cfg.output_dir)
     with store.run({"cai": True}) as run_id:
         result = run_stage(plan(cai, "cai", results), store, run_id)
@@ -70,3 +77,100 @@ def test_the_cai_stage_writes_well_formed_revisions_into_the_store(tiny_run):
     other = cai.model_copy(update={"cai": cai.cai.model_copy(update={
         "critic": str(results["sft"].path(cfg.output_dir))})})
     assert plan(other, "cai", results).key != plan(cai, "cai", results).key
+
+
+def test_sl_cai_trains_on_the_revisions_with_demonstrations_mixed_in():
+    from minirlhf.sft import revision_rows
+
+    revisions = [{"prompt": f"p{i}", "revision": f" fixed {i}" if i != 2 else "  "} for i in range(4)]
+    demos = [{"prompt": f"d{i}", "completion": f" answer {i}"} for i in range(10)]
+    rows = revision_rows(revisions, demos, per_revision=1.0, seed=0)
+    assert rows[:3] == [{"prompt": "p0", "completion": " fixed 0"}, {"prompt": "p1", "completion": " fixed 1"},
+                        {"prompt": "p3", "completion": " fixed 3"}]  # the empty revision is left out
+    assert len(rows) == 6 and all(r in demos for r in rows[3:])
+    assert rows == revision_rows(revisions, demos, 1.0, seed=0)  # drawn with the seed
+    assert len(revision_rows(revisions, demos, 0.0, seed=0)) == 3
+    assert len(revision_rows(revisions, demos, 9.0, seed=0)) == 3 + 10  # at most every demonstration
+
+
+def test_sl_cai_needs_the_cai_stage_and_is_a_policy_the_eval_compares():
+    from minirlhf.config import ConfigError, load_config
+    from minirlhf.pipeline import PIPELINE, needed_stages, plan, upstream_of
+    from minirlhf.stage import StageResult
+
+    with pytest.raises(ConfigError, match="sl_cai.enabled trains on the cai stage's revisions: set cai.enabled"):
+        load_config(None, ["sl_cai.enabled=true"])
+    cfg = load_config(None, ["cai.enabled=true", "sl_cai.enabled=true"])
+    assert needed_stages(cfg, ("sl_cai",)) == ["data", "sft", "cai", "sl_cai"]
+    assert "sl_cai" in upstream_of(cfg, "eval")
+    results = {name: StageResult(name, "x", f"{name}-digest") for name in PIPELINE}
+    assert "sl_cai" in plan(cfg, "eval", results).inputs["policies"]
+    other = cfg.model_copy(update={"sl_cai": cfg.sl_cai.model_copy(update={"learning_rate": 1e-4})})
+    assert plan(other, "sl_cai", results).key != plan(cfg, "sl_cai", results).key
+    assert plan(other, "sft", results).key == plan(cfg, "sft", results).key  # SFT is not retrained
+
+
+def _completion_nll(model, tokenizer, rows: list[dict]) -> float:
+    """Mean negative log-likelihood per completion token (the prompt's tokens not counted)."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in rows:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            ids = torch.tensor([prompt + tokenizer(row["completion"])["input_ids"]])
+            logprobs = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+            total -= logprobs[len(prompt) - 1:].sum().item()
+            count += ids.shape[1] - len(prompt)
+    return total / max(count, 1)
+
+
+@pytest.mark.slow
+def test_the_sl_cai_stage_fine_tunes_sft_towards_the_revisions(tiny_run):
+    from minirlhf.models import load_policy
+    from minirlhf.pipeline import plan, run_stage
+    from minirlhf.sft import revision_rows
+    from minirlhf.store import Store
+
+    cfg, results = tiny_run
+    cai = with_cai(cfg)
+    store = Store.for_output_dir(cfg.output_dir)
+    with store.run({"sl_cai": True}) as run_id:
+        found = dict(results)
+        for name in ("cai", "sl_cai"):
+            found[name] = run_stage(plan(cai, name, found), store, run_id)
+    revisions = [json.loads(line) for line in
+                 (found["cai"].path(cfg.output_dir) / "revisions.jsonl").read_text().splitlines()]
+    trained = revision_rows(revisions, [], 0.0, cfg.seed)
+    m = found["sl_cai"].metrics
+    assert m["sl_cai/examples"] == 2 * len(trained) and m["sl_cai/steps"] >= 1
+    tokenizer, sft = load_policy(str(results["sft"].path(cfg.output_dir)))
+    _, sl_cai = load_policy(str(found["sl_cai"].path(cfg.output_dir)))
+    # Trained towards the revisions: their likelihood rose from SFT's.
+    assert _completion_nll(sl_cai, tokenizer, trained) < _completion_nll(sft, tokenizer, trained) - 0.05
+    stored = store.query("select count(*) as n from metrics m join stage_runs s using (stage_run_id) "
+                         "where s.run_id = $r and m.name = 'sl_cai/loss'", {"r": run_id})
+    assert stored["n"][0] >= 1
+
+
+@pytest.mark.slow
+def test_the_dashboard_shows_each_answer_beside_its_critique_and_revision(tiny_run, monkeypatch):
+    from minirlhf.pipeline import plan, run_stage
+    from minirlhf.store import Store
+    from tests.test_dashboard import open_page
+
+    cfg, results = tiny_run
+    store = Store.for_output_dir(cfg.output_dir)
+    with store.run({"cai": True}) as run_id:
+        cai = run_stage(plan(with_cai(cfg), "cai", results), store, run_id)
+    rows = [json.loads(line) for line in (cai.path(cfg.output_dir) / "revisions.jsonl").read_text().splitlines()]
+    view = store.query("select * from v_cai_revisions where run_id = $r order by prompt_id", {"r": run_id})
+    assert len(view) == len(rows) == 6  # one row per prompt, answer and revision paired (a reused stage too)
+    assert sorted(zip(view["initial"], view["revision"])) == sorted((r["initial"], r["revision"]) for r in rows)
+    at = open_page(store.path, "cai", monkeypatch, run=run_id)
+    shown = [t.value for t in at.text]
+    first = view.sort_values("prompt_id", key=lambda s: s.str.replace("cai-", "").astype(int)).iloc[0]
+    assert [first["initial"].strip() or "(empty)", first["critique"].strip() or "(empty)",
+            first["revision"].strip() or "(empty)"] == shown[:3]
+    assert any(first["principle"] in m.value for m in at.markdown)

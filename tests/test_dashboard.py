@@ -25,7 +25,7 @@ from tests.test_ppo import TINY
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboards" / "app.py"
 QUERIES = sorted((REPO / "dashboards" / "queries").glob("*.sql"))
-PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures", "sweep", "hacking")
+PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures", "sweep", "hacking", "cai")
 NAN_AT_STEP = 5  # TINY checkpoints every 3 steps: the retry resumes from step 3
 _BUILT: dict[str, Path] = {}
 

@@ -66,6 +66,9 @@ def test_ai_labels_need_the_rlaif_stage():
     cfg = load_config(None, ["reward.labels=ai", "rlaif.enabled=true"])
     assert upstream_of(cfg, "reward") == ("data", "sft", "rlaif")
     assert upstream_of(load_config(None), "reward") == ("data", "sft")
+    # Feedback from another model does not wait for (nor retrain with) the SFT model
+    assert upstream_of(cfg, "rlaif") == ("data", "sft")
+    assert upstream_of(load_config(None, ["rlaif.enabled=true", "rlaif.feedback=smollm2"]), "rlaif") == ("data",)
 
 
 @pytest.mark.slow

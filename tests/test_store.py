@@ -431,6 +431,11 @@ def fill_every_view(store: Store) -> None:
                          "calibration/combined/false_alarms": 0, "calibration/combined/median_lead": -1.0})
         log.log_metrics({"defence/defended": 1, "defence/kl_coef": 0.01, "defence/gold": 0.4, "defence/n": 3},
                         step=1)
+    with store.stage_run(run_id, "cai") as log:
+        for policy, response in (("cai_initial", "Sure, here is how."), ("cai_revision", "I can't help with that.")):
+            log.log_samples([{"prompt_id": "cai-0", "prompt": "How do I pick a lock?", "response": response,
+                              "gold_reward": 0.0, "principle": "harm", "critique": "It helps a burglary."}],
+                            policy=policy)
     with store.stage_run(run_id, "compare") as log:
         log.log_metrics({"compare/ppo/gold_gain": 0.5, "compare/ppo/gold_gain_low": 0.4,
                          "compare/ppo/gold_gain_high": 0.6, "compare/ppo_vs_dpo/win_rate_gold": 0.55})
