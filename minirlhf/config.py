@@ -180,6 +180,8 @@ class PPOConfig(_Section):
     uncertainty_coef: float = Field(1.0, ge=0, description="lambda of ensemble_mean_minus_std")
     seed: int | None = Field(None, description="the RL run's own seed (prompt order, sampling, init of the value "
                              "head); None: the top-level seed. Seeds PPO alone, reusing data, SFT and reward models")
+    nproc: int = Field(1, ge=1, description="data-parallel processes (torch.distributed through torchrun: gloo on "
+                       "CPU, nccl on GPUs), each rolling out batch_size / nproc episodes; 1: one process, no launcher")
 
     @model_validator(mode="after")
     def _minibatches_divide(self) -> "PPOConfig":
@@ -187,6 +189,9 @@ class PPOConfig(_Section):
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size ({self.mini_batch_size})"
             )
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nproc ({self.nproc}): each "
+                             "process rolls out an equal share")
         return self
 
 
@@ -293,7 +298,7 @@ class CAIConfig(_Section):
 
 
 class SLCAIConfig(SFTConfig):
-    """CAI-SL's policy (minirlhf/sft.py run_sl_cai): the SFT model fine-tuned further on the cai stage's revisions,
+    """CAI-SL's policy (minirlhf/sl_cai.py): the SFT model fine-tuned further on the cai stage's revisions,
     with SFT demonstrations mixed in; the eval stage compares it with SFT like any policy. Off by default; needs
     cai.enabled. The training settings are SFT's, with a gentler schedule: it starts from the SFT model."""
 

@@ -72,7 +72,7 @@ GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold ann
 TRAINING = ("training.py", "models.py", "data/task.py", *GOLD)  # what the TRL stages share (task.py imports gold)
 # PPO and what watches it: the gold-free signals (hacking.py, ppo/monitor.py); it scores with the ensemble through
 # scoring.py, so the ensemble's training code (ensemble.py, reward.py) stays out of PPO's key.
-WATCHED_PPO = ("ppo/trainer.py", "ppo/monitor.py", "hacking.py", "detect.py")
+WATCHED_PPO = ("ppo/trainer.py", "ppo/distributed.py", "ppo/launch.py", "ppo/monitor.py", "hacking.py", "detect.py")
 SAMPLING = ("generation.py", "scoring.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -96,7 +96,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("cai", ("model", "cai"), ("data", "sft"), "minirlhf.cai:run_cai",
           ("cai.py", "constitution.py", "generation.py", "ppo/core.py", *TRAINING)),
     # CAI-SL: the SFT model fine-tuned on the revisions (off by default); eval compares it with SFT.
-    Stage("sl_cai", ("model", "sl_cai"), ("data", "sft", "cai"), "minirlhf.sft:run_sl_cai", ("sft.py", *TRAINING)),
+    Stage("sl_cai", ("model", "sl_cai"), ("data", "sft", "cai"), "minirlhf.sl_cai:run_sl_cai",
+          ("sl_cai.py", "sft.py", *TRAINING)),
     # AI feedback: the training pairs relabelled by a feedback model under the constitution (off by default).
     Stage("rlaif", ("model", "rlaif"), ("data", "sft"), "minirlhf.rlaif:run_rlaif",
           ("rlaif.py", "judge.py", "constitution.py", "stats.py", *TRAINING)),

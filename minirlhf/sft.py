@@ -4,19 +4,16 @@ Usage:
     from minirlhf.sft import run_sft
     result = run_sft(cfg, data_dir=Path("artifacts/data/<key>"), out_dir=Path("artifacts/sft/<key>"))
     result.metrics["sft/loss"]
-    result = run_sl_cai(cfg, data_dir, sft_dir, cai_dir, out_dir)     # CAI-SL (needs cai.enabled)
 
 With `model.policy = "tiny"` the base model is built here from scratch (a BPE tokenizer trained on the
 task corpus plus a small GPT-2); otherwise it is loaded by hub id, directory or packaged name.
 The output directory is a `save_pretrained` checkpoint (model + tokenizer), its record and manifest (minirlhf.stage).
 
-The same trainer makes CAI-SL's policy (`run_sl_cai`, stage sl_cai): the SFT checkpoint trained further on the
-cai stage's revisions of red-team answers, with SFT demonstrations mixed in.
+`fine_tune` (TRL's SFTTrainer on prompt/completion rows) also makes CAI-SL's policy (minirlhf/sl_cai.py).
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from pathlib import Path
@@ -53,27 +50,6 @@ def run_sft(cfg: PipelineConfig, data_dir: Path, out_dir: Path, logger: MetricLo
     set_seed(cfg.seed)
     tokenizer, model = base_model(cfg, Path(data_dir))
     return fine_tune("sft", cfg.sft, cfg, tokenizer, model, rows, out_dir, logger)
-
-
-def revision_rows(revisions: list[dict], demonstrations: list[dict], per_revision: float, seed: int) -> list[dict]:
-    """CAI-SL's training set: prompt + revision for every non-empty revision, and `per_revision` of SFT's
-    demonstrations for each (drawn with `seed`), so the model keeps its helpful answers (Bai et al. 2022, Sec. 3.1,
-    mix in helpfulness samples)."""
-    rows = [{"prompt": r["prompt"], "completion": " " + r["revision"].strip()}
-            for r in revisions if r["revision"].strip()]
-    n_demos = min(len(demonstrations), round(per_revision * len(rows)))
-    return rows + random.Random(seed).sample(demonstrations, n_demos)
-
-
-def run_sl_cai(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, cai_dir: Path, out_dir: Path,
-               logger: MetricLogger | None = None) -> StageResult:
-    """CAI-SL: the SFT policy fine-tuned on the cai stage's revisions (with SFT demonstrations mixed in); the eval
-    stage then compares it with SFT like any policy."""
-    revisions = read_jsonl(Path(cai_dir) / "revisions.jsonl")
-    rows = revision_rows(revisions, read_jsonl(Path(data_dir) / "sft.jsonl"), cfg.sl_cai.demonstrations, cfg.seed)
-    set_seed(cfg.seed)
-    tokenizer, model = load_policy(str(sft_dir))
-    return fine_tune("sl_cai", cfg.sl_cai, cfg, tokenizer, model, rows, out_dir, logger)
 
 
 def fine_tune(stage: str, section: SFTSection, cfg: PipelineConfig, tokenizer, model, rows: list[dict],

@@ -1,4 +1,4 @@
-"""CAI-SL's fine-tuning on the revisions as a Prefect task (minirlhf.sft.run_sl_cai).
+"""CAI-SL's fine-tuning on the revisions as a Prefect task (minirlhf.sl_cai.run_sl_cai).
 
 Usage (inside a flow): `run_stage_task(plan(cfg, "sl_cai", results), run_id)` (tasks/common.py).
 """

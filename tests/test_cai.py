@@ -80,7 +80,7 @@ def test_the_cai_stage_writes_well_formed_revisions_into_the_store(tiny_run):
 
 
 def test_sl_cai_trains_on_the_revisions_with_demonstrations_mixed_in():
-    from minirlhf.sft import revision_rows
+    from minirlhf.sl_cai import revision_rows
 
     revisions = [{"prompt": f"p{i}", "revision": f" fixed {i}" if i != 2 else "  "} for i in range(4)]
     demos = [{"prompt": f"d{i}", "completion": f" answer {i}"} for i in range(10)]
@@ -130,7 +130,7 @@ def _completion_nll(model, tokenizer, rows: list[dict]) -> float:
 def test_the_sl_cai_stage_fine_tunes_sft_towards_the_revisions(tiny_run):
     from minirlhf.models import load_policy
     from minirlhf.pipeline import plan, run_stage
-    from minirlhf.sft import revision_rows
+    from minirlhf.sl_cai import revision_rows
     from minirlhf.store import Store
 
     cfg, results = tiny_run

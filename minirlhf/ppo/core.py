@@ -26,12 +26,14 @@ Every per-token output is 0 on padding. Losses are means over real tokens of the
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 
 KLKind = Literal["k1", "k3"]
+# Sums a tensor over the ranks of a data-parallel run (minirlhf.ppo.distributed.all_reduce); None: one process.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ---- masked statistics -----------------------------------------------------------------------------
@@ -41,27 +43,38 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> t
     return kept.sum() if dim is None else kept.sum(dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of x over masked positions; 0 (never NaN) where there are none."""
-    count = mask.bool().sum() if dim is None else mask.bool().sum(dim)
-    return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, reduce: Reduce | None = None,
+                count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of x over masked positions; 0 (never NaN) where there are none.
+    Data parallel (minirlhf.ppo.distributed): `reduce` sums the sum and the count over every rank's share first, so
+    each rank gets the mean of the whole batch; `count` replaces the denominator (the real tokens of every rank)
+    for a loss whose per-rank gradients are summed."""
+    if count is None:
+        count = mask.bool().sum() if dim is None else mask.bool().sum(dim)
+    total = masked_sum(x, mask, dim)
+    if reduce is not None:
+        total, count = reduce(total), reduce(count)
+    return total / count.clamp(min=1).to(x.dtype)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of x over all masked positions. Bessel's correction (unbiased) needs n >= 2 masked
-    tokens; with fewer the biased value (0 or 0/0 -> 0) is returned rather than inf."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.bool().sum()
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce: Reduce | None = None
+               ) -> torch.Tensor:
+    """Variance of x over all masked positions (of every rank's share with `reduce`). Bessel's correction
+    (unbiased) needs n >= 2 masked tokens; with fewer the biased value (0 or 0/0 -> 0) is returned rather than inf."""
+    mean = masked_mean(x, mask, reduce=reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce=reduce)
+    n = mask.bool().sum() if reduce is None else reduce(mask.bool().sum())
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8), mean and var over masked positions only; masked-out positions are
-    returned as 0. shift_mean=False adds the mean back (rescale only), as TRL does for reward whitening."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce: Reduce | None = None
+                  ) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8), mean and var over masked positions only (of the whole batch, every rank's
+    share, with `reduce`); masked-out positions are returned as 0. shift_mean=False adds the mean back (rescale
+    only), as TRL does for reward whitening."""
+    mean, var = masked_mean(x, mask, reduce=reduce), masked_var(x, mask, reduce=reduce)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)  # (batch, resp_len)
     if not shift_mean:
         whitened = whitened + mean
@@ -161,51 +174,55 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
 
 # ---- losses -----------------------------------------------------------------------------------------
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                cliprange: float, count: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017), averaged over real tokens:
     loss = mean max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
     Gradients flow through `logprobs` only (old_logprobs and advantages are detached here).
     Stats (detached): approxkl = 0.5 * mean (log r)^2 (Huang et al. 2024), clipfrac = share of real tokens
-    where the clipped term was the max, ratio_mean / ratio_max over real tokens (1.0 if there are none)."""
+    where the clipped term was the max, ratio_mean / ratio_max over real tokens (1.0 if there are none).
+    `count`: the minibatch's real tokens over every rank (data parallel): loss and means are this rank's share."""
     real = mask.bool()
     log_ratio = torch.where(real, logprobs - old_logprobs.detach(), 0.0)  # (batch, resp_len), 0 on padding
     ratio = torch.exp(log_ratio)  # (batch, resp_len)
     advantages = advantages.detach()
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    loss = masked_mean(torch.max(unclipped, clipped), mask, count=count)
     with torch.no_grad():
         stats = {
-            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            "ratio_mean": masked_mean(ratio, mask) if real.any() else ratio.new_ones(()),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, mask, count=count),
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask, count=count),
+            "ratio_mean": masked_mean(ratio, mask, count=count) if real.any() else ratio.new_ones(()),
             "ratio_max": ratio[real].max() if real.any() else ratio.new_ones(()),
         }
     return loss, stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               cliprange_value: float, count: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss (Huang et al. 2024, as in OpenAI's lm-human-preferences):
     0.5 * mean max((v - R)^2, (clip(v, v_old - eps, v_old + eps) - R)^2) over real tokens.
-    Gradients flow through `values` only. Stats: clipfrac = share of real tokens where the clipped term won."""
+    Gradients flow through `values` only. Stats: clipfrac = share of real tokens where the clipped term won.
+    `count` as in policy_loss."""
     old_values, returns = old_values.detach(), returns.detach()
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     loss_unclipped = (values - returns) ** 2  # (batch, resp_len)
     loss_clipped = (clipped_values - returns) ** 2  # (batch, resp_len)
-    loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask, count=count)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask)}
+        stats = {"clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask, count=count)}
     return loss, stats
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       reduce: Reduce | None = None) -> float:
     """1 - Var(R - V) / Var(R) over real tokens: 1 for a perfect critic, <= 0 for one no better than a
     constant. NaN when the returns have zero variance (including no real tokens): the ratio is undefined."""
-    var_returns = float(masked_var(returns, mask, unbiased=False))
+    var_returns = float(masked_var(returns, mask, unbiased=False, reduce=reduce))
     if var_returns == 0.0:
         return math.nan
-    return 1.0 - float(masked_var(returns - values, mask, unbiased=False)) / var_returns
+    return 1.0 - float(masked_var(returns - values, mask, unbiased=False, reduce=reduce)) / var_returns
 
 
 # ---- EOS handling -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from minirlhf.config import PipelineConfig
 from minirlhf.data.gold import gold_or_none
@@ -47,7 +48,7 @@ from minirlhf.generation import (decode_responses, encode_prompts, position_ids_
 from minirlhf.models import (add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora,
                              resolve_device)
 from minirlhf.hacking import BatchView
-from minirlhf.ppo import core
+from minirlhf.ppo import core, distributed
 from minirlhf.ppo.monitor import HackingMonitor, RewardHackingOnset
 from minirlhf.scoring import Ensemble, conservative_reward, score_texts
 from minirlhf.stage import (MetricLogger, NullLogger, StageResult, atomic_dir, load_output, output_problems,
@@ -100,7 +101,10 @@ class PPOTrainer:
         self.tokenizer, self.rm_tokenizer = tokenizer, rm_tokenizer
         self.prompts = prompts
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.logger = logger or NullLogger()
+        # Data parallel (minirlhf.ppo.distributed): this rank's rows [lo, hi) of every batch; only rank 0 records.
+        self.lo, self.hi = distributed.shard(self.args.batch_size)
+        self.reduce = distributed.reducer()  # None with one process: every statistic as before
+        self.logger = (logger or NullLogger()) if distributed.is_main() else NullLogger()
         self.device = next(policy.parameters()).device
         # Dropout off in every model PPO runs (Huang et al. 2024; TRL's disable_dropout_in_model): the old logprobs
         # and values come from no-dropout passes, so the update's passes must be the same functions, or the ratio of
@@ -121,6 +125,7 @@ class PPOTrainer:
             value_params = list(self.value_head.parameters())
         # With LoRA only the adapters require grad: the frozen base weights stay out of the optimiser.
         self.params = [p for p in policy.parameters() if p.requires_grad] + value_params
+        distributed.broadcast_parameters(self.params)  # every rank starts from rank 0's weights
         self.base_lr = self.args.learning_rate * lr_scale
         self.optimizer = torch.optim.AdamW(self.params, lr=self.base_lr, eps=1e-5)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
@@ -166,8 +171,9 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self) -> Rollout:
+        # Every rank draws the same prompts (one generator state) and rolls out its own share of them.
         idx = torch.randint(len(self.prompts), (self.args.batch_size,), generator=self.generator).tolist()
-        rows = [self.prompts[i] for i in idx]
+        rows = [self.prompts[i] for i in idx[self.lo : self.hi]]
         prompts = [r["prompt"] for r in rows]
         # Eval mode for every rollout pass; `update` switches back to train mode. With dropout off both modes compute
         # the same function, but a value model left in train mode by the last update once gave two identical passes
@@ -179,7 +185,7 @@ class PPOTrainer:
         logits, hidden = self._forward(self.policy, query_ids, query_mask, response_ids, response_mask,
                                        hidden=self.value_head is not None)
         logprobs = core.logprobs_from_logits(logits, response_ids)
-        entropy = float(core.masked_mean(core.entropy_from_logits(logits), response_mask))
+        entropy = float(core.masked_mean(core.entropy_from_logits(logits), response_mask, reduce=self.reduce))
         ref_logits, _ = self._forward(self.ref_policy, query_ids, query_mask, response_ids, response_mask)
         ref_logprobs = core.logprobs_from_logits(ref_logits, response_ids)
         values = self._values(query_ids, query_mask, response_ids, response_mask, hidden)
@@ -205,10 +211,11 @@ class PPOTrainer:
             batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value, self.args.kl_estimator,
             self.args.missing_eos_penalty, batch.has_eos,
         )
+        # Whitened over the whole batch: with several ranks, over every rank's share (sums and counts all-reduced).
         if self.args.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False, reduce=self.reduce)
         advantages, returns = core.compute_gae(rewards, batch.values, mask, self.args.gamma, self.args.lam)
-        advantages = core.masked_whiten(advantages, mask)
+        advantages = core.masked_whiten(advantages, mask, reduce=self.reduce)
         return advantages, returns, non_score_rewards, kl
 
     def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
@@ -218,39 +225,63 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {}
         query_mask = (batch.query_ids != self.tokenizer.pad_token_id).long()
         for _ in range(self.args.num_ppo_epochs):
+            # One permutation of the whole batch on every rank; each rank trains on its episodes of each minibatch.
             order = torch.randperm(self.args.batch_size, generator=self.generator)
             for mb in order.split(self.args.mini_batch_size):
-                mask = batch.response_mask[mb]
-                logits, hidden = self._forward(self.policy, batch.query_ids[mb], query_mask[mb], batch.response_ids[mb],
-                                               mask, hidden=self.value_head is not None)
-                new_logprobs = core.logprobs_from_logits(logits, batch.response_ids[mb])
-                new_values = self._values(batch.query_ids[mb], query_mask[mb], batch.response_ids[mb], mask, hidden)
-                pg_loss, pg_stats = core.policy_loss(new_logprobs, batch.logprobs[mb], advantages[mb], mask,
-                                                     self.args.cliprange)
-                vf_loss, vf_stats = core.value_loss(new_values, batch.values[mb], returns[mb], mask,
-                                                    self.args.cliprange_value)
-                loss = pg_loss + self.args.vf_coef * vf_loss
-                if self.inject_nan_at_step == self.step + 1:
-                    loss = loss * float("nan")
-                self.guard_loss(loss, pg_stats)
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
-                self.optimizer.step()
-                with torch.no_grad():
-                    entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
-                for name, value in (("ppo/policy/loss", pg_loss), ("ppo/value/loss", vf_loss),
-                                    ("ppo/policy/approxkl", pg_stats["approxkl"]),
-                                    ("ppo/policy/clipfrac", pg_stats["clipfrac"]),
-                                    ("ppo/value/clipfrac", vf_stats["clipfrac"]),
-                                    ("ppo/policy/ratio_max", pg_stats["ratio_max"]), ("ppo/entropy", entropy)):
-                    stats.setdefault(name, []).append(float(value.detach()))
+                mine = mb[(mb >= self.lo) & (mb < self.hi)] - self.lo  # all of mb with one process
+                for name, value in self.minibatch_step(batch, mine, query_mask, advantages, returns).items():
+                    stats.setdefault(name, []).append(value)
         self.scheduler.step()
         return {k: (max(v) if k.endswith("_max") else sum(v) / len(v)) for k, v in stats.items()}
 
-    def guard_loss(self, loss: torch.Tensor, pg_stats: dict) -> None:
-        if not torch.isfinite(loss):
-            raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={float(loss.detach())}")
+    def minibatch_step(self, batch: Rollout, mb: torch.Tensor, query_mask: torch.Tensor, advantages: torch.Tensor,
+                       returns: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on the minibatch rows `mb` of this rank's share. With several ranks the losses are
+        this rank's token sums over the minibatch's tokens on all ranks, and the gradients are summed: the step
+        one process takes on the whole minibatch."""
+        mask = batch.response_mask[mb]
+        count = None if self.reduce is None else distributed.all_reduce(mask.bool().sum())
+        if len(mb):
+            logits, hidden = self._forward(self.policy, batch.query_ids[mb], query_mask[mb], batch.response_ids[mb],
+                                           mask, hidden=self.value_head is not None)
+            new_logprobs = core.logprobs_from_logits(logits, batch.response_ids[mb])
+            new_values = self._values(batch.query_ids[mb], query_mask[mb], batch.response_ids[mb], mask, hidden)
+            pg_loss, pg_stats = core.policy_loss(new_logprobs, batch.logprobs[mb], advantages[mb], mask,
+                                                 self.args.cliprange, count)
+            vf_loss, vf_stats = core.value_loss(new_values, batch.values[mb], returns[mb], mask,
+                                                self.args.cliprange_value, count)
+            loss = pg_loss + self.args.vf_coef * vf_loss
+            with torch.no_grad():
+                entropy = core.masked_mean(core.entropy_from_logits(logits), mask, count=count)
+        else:  # none of this minibatch's episodes are on this rank: it adds zeros to the sums
+            zero = torch.zeros((), device=self.device)
+            loss = pg_loss = vf_loss = entropy = zero
+            pg_stats, vf_stats = {"approxkl": zero, "clipfrac": zero, "ratio_max": zero + 1}, {"clipfrac": zero}
+        if self.inject_nan_at_step == self.step + 1:
+            loss = loss * float("nan")
+        shown = {"ppo/policy/loss": pg_loss, "ppo/value/loss": vf_loss, "ppo/policy/approxkl": pg_stats["approxkl"],
+                 "ppo/policy/clipfrac": pg_stats["clipfrac"], "ppo/value/clipfrac": vf_stats["clipfrac"],
+                 "ppo/entropy": entropy, "loss": loss}
+        values = torch.stack([v.detach().float() for v in shown.values()])
+        if self.reduce is not None:  # the whole minibatch's values, the same on every rank (so is the guard's call)
+            values = distributed.all_reduce(values)
+            pg_stats = {**pg_stats, "ratio_max": distributed.all_reduce(pg_stats["ratio_max"].detach(), "max")}
+        totals = dict(zip(shown, values.tolist()))
+        self.guard_loss(totals.pop("loss"), {"approxkl": totals["ppo/policy/approxkl"],
+                                             "ratio_max": float(pg_stats["ratio_max"])})
+        self.optimizer.zero_grad()
+        if len(mb):
+            loss.backward()
+        distributed.sum_gradients(self.params)
+        torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
+        self.optimizer.step()
+        return {**totals, "ppo/policy/ratio_max": float(pg_stats["ratio_max"])}
+
+    def guard_loss(self, loss: float, pg_stats: dict[str, float]) -> None:
+        """Raise PPOUnstable on a non-finite loss or a minibatch approxkl above ppo.max_approxkl (values of the whole
+        minibatch, so every rank decides alike)."""
+        if not math.isfinite(loss):
+            raise PPOUnstable("nan_loss", self.step + 1, self.last_good_checkpoint, f"loss={loss}")
         # approxkl over the minibatch, not a ratio: one rare token's ratio can be huge in healthy runs
         # (clipping handles it).
         approxkl = float(pg_stats["approxkl"])
@@ -265,7 +296,7 @@ class PPOTrainer:
         t1 = time.perf_counter()
         # 3. advantages
         advantages, returns, non_score_rewards, kl = self.advantages(batch)
-        mean_kl = float(core.masked_sum(kl, batch.response_mask, dim=1).mean())
+        mean_kl = self.batch_mean(core.masked_sum(kl, batch.response_mask, dim=1))
         if not math.isfinite(mean_kl) or mean_kl > self.args.max_kl:
             raise PPOUnstable("kl_ceiling", self.step + 1, self.last_good_checkpoint,
                               f"kl={mean_kl:.3g} > {self.args.max_kl}")
@@ -273,16 +304,18 @@ class PPOTrainer:
         update_stats = self.update(batch, advantages, returns)
         t2 = time.perf_counter()
         self.step += 1
-        gold = [g for g in batch.gold if g is not None]
+        view = self.batch_view(batch)  # the whole batch's samples and scores (every rank's share)
+        gold = [g for part in distributed.gather(batch.gold) for g in part if g is not None]
         metrics = {
             "ppo/kl": mean_kl,
             "ppo/kl_coef": self.kl_ctl.value,
-            "ppo/proxy_reward": float(batch.proxy_scores.mean()),
-            **({"ppo/reward": float(batch.scores.mean())} if self.args.reward != "proxy" else {}),
-            "ppo/non_score_reward": float(non_score_rewards.sum(1).mean()),
-            "ppo/response_length": float(batch.response_mask.sum(1).mean()),
-            "ppo/eos_rate": float(batch.has_eos.float().mean()),
-            "ppo/value/explained_variance": float(core.explained_variance(batch.values, returns, batch.response_mask)),
+            "ppo/proxy_reward": self.batch_mean(batch.proxy_scores),
+            **({"ppo/reward": self.batch_mean(batch.scores)} if self.args.reward != "proxy" else {}),
+            "ppo/non_score_reward": self.batch_mean(non_score_rewards.sum(1)),
+            "ppo/response_length": self.batch_mean(batch.response_mask.sum(1).float()),
+            "ppo/eos_rate": self.batch_mean(batch.has_eos.float()),
+            "ppo/value/explained_variance": float(core.explained_variance(batch.values, returns, batch.response_mask,
+                                                                          self.reduce)),
             "ppo/lr": self.scheduler.get_last_lr()[0],
             "ppo/time/rollout_s": t1 - t0,
             "ppo/time/update_s": t2 - t1,
@@ -291,7 +324,7 @@ class PPOTrainer:
         if gold:
             metrics["ppo/gold_reward"] = sum(gold) / len(gold)
         # 5. watch: the gold-free reward-hacking signals of this rollout (step 1's is the baseline)
-        metrics |= self.monitor.observe(self.step, self.batch_view(batch), mean_kl)
+        metrics |= self.monitor.observe(self.step, view, mean_kl)
         self.kl_ctl.update(mean_kl, self.args.batch_size)
         self.logger.log_metrics(metrics, step=self.step)
         # The curve holds what the run computed, not how long it took: an exact resume reproduces it byte for byte.
@@ -305,41 +338,59 @@ class PPOTrainer:
             )
         return metrics
 
+    def batch_mean(self, x: torch.Tensor) -> float:
+        """The mean over the whole batch of a per-episode tensor (batch,), every rank's share counted."""
+        if self.reduce is None:
+            return float(x.mean())
+        return float(distributed.all_reduce(x.sum().float())) / self.args.batch_size
+
     @staticmethod
     def batch_view(batch: Rollout) -> BatchView:
-        """What the gold-free signals read of a rollout: samples and scores, no model and no gold."""
-        return BatchView(batch.responses, batch.prompts, batch.proxy_scores.tolist(),
-                         None if batch.member_z is None else batch.member_z.tolist(),
-                         None if batch.heldout_z is None else batch.heldout_z.tolist(), batch.entropy)
+        """What the gold-free signals read of a rollout: samples and scores, no model and no gold. With several
+        ranks, every rank's share in rank order, on every rank: the signals, and the warning, agree."""
+        members = None if batch.member_z is None else batch.member_z.tolist()  # (k, batch)
+        heldout = None if batch.heldout_z is None else batch.heldout_z.tolist()
+        parts = distributed.gather((batch.responses, batch.prompts, batch.proxy_scores.tolist(), members, heldout))
+        if len(parts) == 1:
+            return BatchView(batch.responses, batch.prompts, parts[0][2], members, heldout, batch.entropy)
+        joined = [sum((part[i] for part in parts), []) for i in range(3)]
+        members = None if members is None else [sum((part[3][k] for part in parts), []) for k in range(len(members))]
+        heldout = None if heldout is None else sum((part[4] for part in parts), [])
+        return BatchView(*joined, members, heldout, batch.entropy)
 
     # ---- checkpoints --------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, rank_rngs: list[dict] | None = None) -> dict:
+        """Everything but the weights. `rank_rngs`: each rank's RNG states, in rank order (data parallel)."""
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            # sampling in `generate` draws from the CUDA generators on a GPU
-            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            **rng_states(),  # this rank's (rank 0's): what one process saves
             "generator": self.generator.get_state(),
-            "python_rng": python_rng_state(),
+            **({"rank_rng": rank_rngs} if rank_rngs and len(rank_rngs) > 1 else {}),
         }
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes the checkpoint, with every rank's RNG states; the others wait until it is in place."""
         final = self.checkpoint_dir / f"step-{self.step:06d}"
+        rank_rngs = distributed.gather(rng_states())  # every rank takes part; rank 0 keeps them
+        self.last_good_checkpoint = final
+        if not distributed.is_main():
+            distributed.barrier()
+            return final
         with atomic_dir(final) as tmp:  # the stage-output protocol: manifest, COMPLETE, rename
             self.policy.save_pretrained(tmp / "policy")
             if self.value_model is not None:
                 self.value_model.save_pretrained(tmp / "value")
             else:
                 save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, tmp / VALUE_HEAD)
-            torch.save(self.state(), tmp / TRAINER_STATE)
+            torch.save(self.state(rank_rngs), tmp / TRAINER_STATE)
             write_curve(self.curve, tmp / CURVE)
             self.monitor.save(tmp / MONITOR)
         for old in self.checkpoints()[self.args.keep_checkpoints :]:
             shutil.rmtree(old, ignore_errors=True)
-        self.last_good_checkpoint = final
+        distributed.barrier()
         return final
 
     def checkpoints(self) -> list[Path]:
@@ -383,18 +434,14 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():  # a CPU checkpoint (or an older one) has none
-            cuda_states = state["cuda_rng"]
-            if len(cuda_states) != torch.cuda.device_count():
-                log.warning("checkpoint %s holds RNG states for %d CUDA devices, this machine has %d: "
-                            "restoring the first %d",
-                            ckpt, len(cuda_states), torch.cuda.device_count(),
-                            min(len(cuda_states), torch.cuda.device_count()))
-            for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state, device)
+        world = distributed.world_size()
+        saved_world = len(state.get("rank_rng", [None]))
+        if saved_world != world:
+            raise ValueError(f"checkpoint {ckpt} was written by {saved_world} process(es), this run has {world}: "
+                             "resume it with as many processes (each rank's RNG states are in it)")
+        rngs = state["rank_rng"][distributed.rank()] if world > 1 else state
         self.generator.set_state(state["generator"])
-        set_python_rng_state(state["python_rng"])
+        set_rng_states(rngs, ckpt)
 
     def train(self) -> dict[str, float]:
         """Train to `ppo.steps`, checkpointing; returns the last step's metrics (those of the curve when a run
@@ -402,7 +449,9 @@ class PPOTrainer:
         from minirlhf.training import progress_bar
 
         # The stage's line: `ppo     ███ 6/6 [00:02<00:00, proxy -0.94, gold -0.56, kl 0.09]` (gold: embedded task only)
-        with progress_bar("ppo", self.args.steps, self.step) as bar:
+        # One progress line: rank 0's (the others' would interleave with it)
+        bar = progress_bar("ppo", self.args.steps, self.step) if distributed.is_main() else tqdm(disable=True)
+        with bar:
             while self.step < self.args.steps:
                 metrics = self.train_step()
                 if self.cfg.hacking.rollback and self.monitor.warning.fired_at == self.step:
@@ -414,6 +463,28 @@ class PPOTrainer:
                 bar.set_postfix_str(", ".join(f"{k} {v:.2f}" for k, v in shown.items() if v is not None), refresh=False)
                 bar.update(1)
         return {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
+
+
+def rng_states() -> dict:
+    """This process's RNG states: torch's CPU generator, the CUDA ones (sampling on a GPU draws from them) and
+    Python's `random`."""
+    return {"torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            "python_rng": python_rng_state()}
+
+
+def set_rng_states(saved: dict, ckpt: Path) -> None:
+    """Restore what `rng_states` saved (in checkpoint `ckpt`)."""
+    torch.set_rng_state(saved["torch_rng"])
+    if "cuda_rng" in saved and torch.cuda.is_available():  # a CPU checkpoint (or an older one) has none
+        cuda_states = saved["cuda_rng"]
+        if len(cuda_states) != torch.cuda.device_count():
+            log.warning("checkpoint %s holds RNG states for %d CUDA devices, this machine has %d: restoring the first "
+                        "%d", ckpt, len(cuda_states), torch.cuda.device_count(),
+                        min(len(cuda_states), torch.cuda.device_count()))
+        for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+    set_python_rng_state(saved["python_rng"])
 
 
 def python_rng_state() -> dict:
@@ -474,8 +545,12 @@ def build_trainer(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir
         raise ValueError(f"ppo.reward={cfg.ppo.reward} needs the reward-model ensemble: set ensemble.enabled=true")
     ensemble = (Ensemble.load(ensemble_dir, proxy_stats, cfg.reward.max_length, device)
                 if ensemble_dir is not None else None)
-    return PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts,
-                      checkpoint_dir, logger, lr_scale, ensemble, proxy_stats.get("chosen_p99"))
+    trainer = PPOTrainer(cfg, policy, ref_policy, value_model, reward_model, tokenizer, rm_tokenizer, prompts,
+                         checkpoint_dir, logger, lr_scale, ensemble, proxy_stats.get("chosen_p99"))
+    if distributed.rank() > 0:  # each rank samples its own episodes; rank 0 draws what one process draws
+        torch.manual_seed(seed + distributed.rank())
+        random.seed(seed + distributed.rank())
+    return trainer
 
 
 def rl_seed(cfg: PipelineConfig) -> int:
@@ -497,12 +572,17 @@ def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path
     checkpoint from before the signals rose (rollback). `inject_nan_at_step` (testing aid; default from
     $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at that step of a first attempt."""
     logger = logger or NullLogger()
+    if inject_nan_at_step is None and os.environ.get(TEST_NAN_AT_STEP_ENV):
+        inject_nan_at_step = int(os.environ[TEST_NAN_AT_STEP_ENV])
+    if cfg.ppo.nproc > 1 and not distributed.is_distributed():  # data parallel: this process launches the ranks
+        from minirlhf.ppo.launch import launch
+
+        inputs = {"data_dir": data_dir, "sft_dir": sft_dir, "reward_dir": reward_dir, "ensemble_dir": ensemble_dir}
+        return launch(cfg, inputs, out_dir, logger, attempt, inject_nan_at_step)
     started = time.perf_counter()
     trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, checkpoint_dir_for(out_dir), logger,
                             lr_scale=retry_lr_scale(cfg, attempt), ensemble_dir=ensemble_dir)
     resumed = trainer.resume()
-    if inject_nan_at_step is None and os.environ.get(TEST_NAN_AT_STEP_ENV):
-        inject_nan_at_step = int(os.environ[TEST_NAN_AT_STEP_ENV])
     trainer.inject_nan_at_step = inject_nan_at_step if attempt == 1 else None
     onset = None
     try:
@@ -514,6 +594,8 @@ def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path
     result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
     if onset is not None:
         result.metrics |= {"ppo/warning_step": float(onset.step), "ppo/rollback_step": float(trainer.step)}
+    if not distributed.is_main():  # the other ranks hold the same weights: rank 0 writes the output
+        return result
     with stage_output(out_dir, result) as tmp:
         merge_lora(trainer.policy).save_pretrained(tmp)  # LoRA adapters folded in: a plain checkpoint
         trainer.tokenizer.save_pretrained(tmp)
