@@ -185,6 +185,7 @@ def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, swee
             section_interpret(store, run_id, figures),
             section_training_curves(store, run_id, figures),
             section_policy_comparison(store, run_id, figures),
+            section_constitutional_ai(store, run_id),
             section_compare(store),
             section_sweep(store, sweep_run_id, figures),
             section_hacking(store, figures),
@@ -362,6 +363,43 @@ def section_policy_comparison(store: Store, run_id: str, figures: FigureFolder) 
               "for KL and win rates.", "", _table(["policy"] + [COMPARISON_COLUMNS[c] for c in columns], rows), "",
               ReportFigure(figures.draw("policy_rewards.png", plot_policy_rewards, table),
                            "gold and proxy reward per policy", "comparison", run_id)]
+    return lines
+
+
+def section_constitutional_ai(store: Store, run_id: str, n_examples: int = 3) -> list[Block]:
+    """The cai and rlaif stages of the run (minirlhf/cai.py, minirlhf/rlaif.py): gold of the answers before and
+    after revision, the AI labels' agreement with the human and gold ones, and critique -> revision examples."""
+    lines: list[Block] = ["## Constitutional AI", ""]
+    rows = _query(store, "cai", run_id=run_id)
+    if rows.empty:
+        return lines + [_missing("Constitutional AI stages", f"{RUN_HINT} --set cai.enabled=true "
+                                 "--set sl_cai.enabled=true --set rlaif.enabled=true --set reward.labels=ai")]
+    m = dict(zip(rows["name"], rows["value"]))
+    table = []
+    for label, before, after in (("gold reward", "cai/initial_gold", "cai/revised_gold"),
+                                 ("refusal rate", "cai/initial_refusal_rate", "cai/revised_refusal_rate"),
+                                 ("length (words)", "cai/initial_length", "cai/revised_length")):
+        if before in m:
+            table.append([f"red-team answers: {label}", f"{_num(m[before])} -> {_num(m.get(after))}"])
+    if "rlaif/human_agreement" in m:
+        table.append(["AI labels keeping the human order", f"{_num(m['rlaif/human_agreement'])} "
+                      f"[{_num(m['rlaif/human_agreement_low'])}, {_num(m['rlaif/human_agreement_high'])}] "
+                      f"of {_int(m['rlaif/n_pairs'])} pairs"])
+    for who in ("ai", "human"):
+        if f"rlaif/gold_agreement_{who}" in m:
+            table.append([f"{who.upper() if who == 'ai' else who} labels agreeing with gold",
+                          _num(m[f"rlaif/gold_agreement_{who}"])])
+    lines += ["The policy answered red-team prompts, a critic critiqued and revised each answer by a principle of "
+              "the constitution; a feedback model relabelled the training pairs. A policy fine-tuned on the "
+              "revisions (sl_cai) and PPO on AI labels appear in the policy comparison above.", "",
+              _table(["what", "value"], table)]
+    examples = _query(store, "cai_revisions", run_id=run_id, n=n_examples)
+    for i, (_, r) in enumerate(examples.iterrows(), 1):
+        gold = (f" (gold {_num(r['initial_gold'])} -> {_num(r['revised_gold'])})"
+                if _present(r["initial_gold"]) else "")
+        lines += ["", f"**Example {i}**, principle {_text(r['principle'])}{gold}", "",
+                  _table(["", "text"], [["prompt", _text(r["prompt"])], ["answer", _text(r["initial"])],
+                                        ["critique", _text(r["critique"])], ["revision", _text(r["revision"])]])]
     return lines
 
 

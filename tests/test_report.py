@@ -75,6 +75,20 @@ def fill_main_run(store: Store, out: Path) -> str:
                                "interpret/filler/decodable_at": 2, "interpret/filler/baseline": 0.7,
                                "interpret/filler/score_r2": 0.9}, step=0)
     done()
+    cai, done = stage(store, run_id, "cai", out)  # Constitutional AI (minirlhf/cai.py), two red-team answers
+    store.log_metrics(cai, {"cai/n_prompts": 2, "cai/initial_gold": -0.5, "cai/revised_gold": 0.25,
+                            "cai/initial_refusal_rate": 0.0, "cai/revised_refusal_rate": 0.5}, step=0)
+    for policy, key in (("cai_initial", "answer"), ("cai_revision", "revision")):
+        store.log_samples(cai, [{"prompt_id": f"cai-{i}", "prompt": f"\n\nHuman: harm {i}?\n\nAssistant:",
+                                 "response": f"{key} {i} | piped", "gold_reward": -0.5 if key == "answer" else 0.25,
+                                 "principle": "harmless", "critique": f"critique {i}"} for i in range(2)],
+                          policy=policy)
+    done()
+    rlaif, done = stage(store, run_id, "rlaif", out)
+    store.log_metrics(rlaif, {"rlaif/n_pairs": 40, "rlaif/human_agreement": 0.55, "rlaif/human_agreement_low": 0.4,
+                              "rlaif/human_agreement_high": 0.7, "rlaif/gold_agreement_ai": 0.6,
+                              "rlaif/gold_agreement_human": 0.9}, step=0)
+    done()
     # PPO: attempt 1 fails after step 4; attempt 2 resumes from the step-3 checkpoint and finishes at step 6.
     ppo1, done = stage(store, run_id, "ppo", out, status="failed", cause="PPOUnstable: loss is NaN at step 5")
     for step in range(1, 5):
@@ -206,7 +220,8 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     path = build_report(store.path, tmp_path / "report")
     assert path == tmp_path / "report" / "report.md"
     text = path.read_text()
-    for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Policy methods over seeds",
+    for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Constitutional AI",
+                  "Policy methods over seeds",
                   "Over-optimisation sweep", "Reward hacking without gold", "Samples side by side", "Failure events"):
         assert f"## {title}\n" in text, title
     assert "not in this store yet" not in text  # every section has its data here
@@ -214,6 +229,11 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     assert table_row(hacking, "ood_share") == ["ood_share", "0.250", "0.75", "4", "1", "8", "-1.0"]
     assert table_row(hacking, "combined")[:3] == ["combined", "2.000", "1.00"]
     assert table_row(hacking, "0.01")[1:4] == ["off", "2", "-0.360 ± 0.050"]
+    cai = section(text, "Constitutional AI")
+    assert table_row(cai, "red-team answers: gold reward") == ["red-team answers: gold reward", "-0.500 -> 0.250"]
+    assert table_row(cai, "AI labels keeping the human order")[1] == "0.550 [0.400, 0.700] of 40 pairs"
+    assert cai.count("**Example") == 2 and table_row(cai, "critique") == ["critique", "critique 0"]
+    assert table_row(cai, "revision") == ["revision", "revision 0 \\| piped"]  # the pipe stays in its cell
     probes = section(text, "Reward model").split("### What the reward model computes", 1)[1]
     assert table_row(probes, "filler") == ["filler", "0.950", "0.700", "2", "0.900"]
     compare = section(text, "Policy methods over seeds")
@@ -311,7 +331,8 @@ def test_missing_sections_say_what_to_run(tmp_path):
     run_id = store.start_run({"name": "early"})
     stage(store, run_id, "data", tmp_path)[1]()
     text = build_report(store.path, tmp_path / "report").read_text()
-    for what in ("reward-model metrics", "PPO curves", "DPO / RLOO baseline curves", "policy evaluation", "KL sweep",
+    for what in ("reward-model metrics", "PPO curves", "DPO / RLOO baseline curves", "policy evaluation",
+                 "Constitutional AI stages", "KL sweep",
                  "evaluation samples", "failure detection"):
         assert f"_{what}" in text and f"_{what}: not in this store yet: run `minirlhf " in text, what
     assert not list((tmp_path / "report" / FIGURES_DIR).glob("*.png"))
