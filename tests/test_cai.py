@@ -20,6 +20,21 @@ def with_cai(cfg):
                                                                           "learning_rate": 5e-3})})
 
 
+def run_with_cai(tiny_run, *stages: str):
+    """`stages` of the CAI config on top of the tiny pipeline, in a new run of its store (reused when computed
+    already): (config, store, run_id, every result)."""
+    from minirlhf.pipeline import plan, run_stage
+    from minirlhf.store import Store
+
+    cfg, results = tiny_run
+    cai, found = with_cai(cfg), dict(results)
+    store = Store.for_output_dir(cfg.output_dir)
+    with store.run({"stages": list(stages)}) as run_id:
+        for name in stages:
+            found[name] = run_stage(plan(cai, name, found), store, run_id)
+    return cai, store, run_id, found
+
+
 def test_the_exchange_asks_for_a_critique_then_a_revision_by_one_principle():
     principle = load_constitution(DEFAULT).principles[1]
     ask_critique = exchange(PROMPT, " Sure! Here is how.", principle)
@@ -52,14 +67,10 @@ def test_red_team_prompts_are_the_harmful_requests_when_the_task_marks_them():
 
 @pytest.mark.slow
 def test_the_cai_stage_writes_well_formed_revisions_into_the_store(tiny_run):
-    from minirlhf.pipeline import plan, run_stage
-    from minirlhf.store import Store
+    from minirlhf.pipeline import plan
 
-    cfg, results = tiny_run
-    cai = with_cai(cfg)
-    store = Store.for_output_dir(cfg.output_dir)
-    with store.run({"cai": True}) as run_id:
-        result = run_stage(plan(cai, "cai", results), store, run_id)
+    cai, store, run_id, results = run_with_cai(tiny_run, "cai")
+    cfg, result = tiny_run[0], results["cai"]
     rows = [json.loads(line) for line in (result.path(cfg.output_dir) / "revisions.jsonl").read_text().splitlines()]
     names = {p.name for p in load_constitution(DEFAULT).principles}
     assert len(rows) == 6
@@ -129,17 +140,10 @@ def _completion_nll(model, tokenizer, rows: list[dict]) -> float:
 @pytest.mark.slow
 def test_the_sl_cai_stage_fine_tunes_sft_towards_the_revisions(tiny_run):
     from minirlhf.models import load_policy
-    from minirlhf.pipeline import plan, run_stage
     from minirlhf.sl_cai import revision_rows
-    from minirlhf.store import Store
 
     cfg, results = tiny_run
-    cai = with_cai(cfg)
-    store = Store.for_output_dir(cfg.output_dir)
-    with store.run({"sl_cai": True}) as run_id:
-        found = dict(results)
-        for name in ("cai", "sl_cai"):
-            found[name] = run_stage(plan(cai, name, found), store, run_id)
+    _, store, run_id, found = run_with_cai(tiny_run, "cai", "sl_cai")
     revisions = [json.loads(line) for line in
                  (found["cai"].path(cfg.output_dir) / "revisions.jsonl").read_text().splitlines()]
     trained = revision_rows(revisions, [], 0.0, cfg.seed)
@@ -156,14 +160,11 @@ def test_the_sl_cai_stage_fine_tunes_sft_towards_the_revisions(tiny_run):
 
 @pytest.mark.slow
 def test_the_dashboard_shows_each_answer_beside_its_critique_and_revision(tiny_run, monkeypatch):
-    from minirlhf.pipeline import plan, run_stage
-    from minirlhf.store import Store
     from tests.test_dashboard import open_page
 
-    cfg, results = tiny_run
-    store = Store.for_output_dir(cfg.output_dir)
-    with store.run({"cai": True}) as run_id:
-        cai = run_stage(plan(with_cai(cfg), "cai", results), store, run_id)
+    cfg = tiny_run[0]
+    _, store, run_id, found = run_with_cai(tiny_run, "cai")
+    cai = found["cai"]
     rows = [json.loads(line) for line in (cai.path(cfg.output_dir) / "revisions.jsonl").read_text().splitlines()]
     view = store.query("select * from v_cai_revisions where run_id = $r order by prompt_id", {"r": run_id})
     assert len(view) == len(rows) == 6  # one row per prompt, answer and revision paired (a reused stage too)

@@ -32,6 +32,11 @@ def spec_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}{SPEC_SUFFIX}"
 
 
+def unstable_path(spec: Path) -> Path:
+    """Where rank 0 leaves a PPOUnstable's fields for the launching process, beside the spec."""
+    return spec.with_name(spec.name.replace(SPEC_SUFFIX, UNSTABLE_SUFFIX))
+
+
 def launch(cfg: PipelineConfig, inputs: dict[str, Path | None], out_dir: Path, logger: MetricLogger,
            attempt: int, inject_nan_at_step: int | None) -> StageResult:
     """Run PPO as `cfg.ppo.nproc` ranks under torchrun and return the output rank 0 wrote."""
@@ -43,7 +48,7 @@ def launch(cfg: PipelineConfig, inputs: dict[str, Path | None], out_dir: Path, l
         "store": {"path": str(store.path), "lock_timeout_s": store.lock_timeout_s,
                   "stage_run_id": logger.stage_run_id} if store is not None else None,
     }))
-    unstable = spec.with_name(spec.name.replace(SPEC_SUFFIX, UNSTABLE_SUFFIX))
+    unstable = unstable_path(spec)
     unstable.unlink(missing_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                str(cfg.ppo.nproc), "-m", "minirlhf.ppo.launch", str(spec)]
@@ -79,9 +84,9 @@ def main(spec_file: str) -> None:
                 attempt=spec["attempt"], inject_nan_at_step=spec["inject_nan_at_step"], **inputs)
     except PPOUnstable as err:
         if distributed.is_main():
-            Path(spec_file).with_name(Path(spec_file).name.replace(SPEC_SUFFIX, UNSTABLE_SUFFIX)).write_text(
-                json.dumps({"cause": err.cause, "step": err.step, "detail": str(err),
-                            "checkpoint": str(err.last_good_checkpoint) if err.last_good_checkpoint else None}))
+            unstable_path(Path(spec_file)).write_text(json.dumps({
+                "cause": err.cause, "step": err.step, "detail": str(err),
+                "checkpoint": str(err.last_good_checkpoint) if err.last_good_checkpoint else None}))
         raise
 
 
