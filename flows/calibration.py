@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from minirlhf.calibration import held_out_warnings
 from minirlhf.config import BASELINES, PipelineConfig, build_config
-from minirlhf.pipeline import plan, plan_calibration
+from minirlhf.pipeline import plan_calibration
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 
+from flows.ray_runner import ppo_and_eval, run_waves, stage_runner
 from tasks import run_stage_task
 
 DEFAULT_KL_COEFS = [0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
@@ -63,23 +64,22 @@ def hacking_calibration(config: PipelineConfig = PipelineConfig(), kl_coefs: lis
     store = Store.for_config(config)
     parameters = {"config": config.model_dump(mode="json"), "kl_coefs": kl_coefs, "seeds": seeds,
                   "train_seeds": train_seeds, "defence_reward": defence_reward, "defence": defence}
-    with store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
-                   parameters=parameters) as run_id:
-        shared: dict[str, StageResult] = {}
-        for name in SHARED_STAGES:
-            shared[name] = run_stage_task(plan(config, name, shared), run_id)
+    with stage_runner(config, [*SHARED_STAGES, "ppo", "eval"]) as runner, \
+            store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
+                      parameters=parameters) as run_id:
+        shared = run_waves(runner, config, list(SHARED_STAGES), run_id, {})
         points, warnings = [], {}
         for defended in (False, True) if defence else (False,):
             if defended:  # each seed's defended runs warn by thresholds chosen on the other seeds' watched runs
                 warnings = held_out_warnings(config, [{**p, "ppo_dir": p["ppo"].path(config.output_dir)}
                                                       for p in points], tuple(train_seeds))
-            for seed in seeds:
-                for kl_coef in sorted(set(kl_coefs), reverse=True):
-                    cfg = point_config(config, kl_coef, seed, defended, defence_reward, warnings.get(seed))
-                    ppo = run_stage_task(plan(cfg, "ppo", shared), run_id)
-                    ev = run_stage_task(plan(cfg, "eval", {**shared, "ppo": ppo}), run_id)
-                    points.append({"name": f"kl{kl_coef:g}-seed{seed}{'-defended' if defended else ''}",
-                                   "kl_coef": kl_coef, "seed": seed, "defended": defended, "ppo": ppo, "eval": ev})
+            grid = [(seed, kl_coef) for seed in seeds for kl_coef in sorted(set(kl_coefs), reverse=True)]
+            cfgs = [point_config(config, kl_coef, seed, defended, defence_reward, warnings.get(seed))
+                    for seed, kl_coef in grid]
+            # locally one run after another; on Ray every run of this pass at once, then their evaluations
+            for (seed, kl_coef), (ppo, ev) in zip(grid, ppo_and_eval(runner, cfgs, shared, run_id)):
+                points.append({"name": f"kl{kl_coef:g}-seed{seed}{'-defended' if defended else ''}",
+                               "kl_coef": kl_coef, "seed": seed, "defended": defended, "ppo": ppo, "eval": ev})
         result = run_stage_task(plan_calibration(config, points, train_seeds), run_id)
     create_markdown_artifact(calibration_markdown(result), key="hacking-calibration",
                              description="the gold-free reward-hacking warning against the gold onset")

@@ -38,6 +38,12 @@ from minirlhf.console import SummarisedFilter, is_verbose, next_commands, set_ve
 from minirlhf.errors import UserError  # noqa: E402
 
 SERVE_NAME = "rlhf-serve"
+RunnerOpt = Annotated[Optional[str], typer.Option(
+    "--runner", help="where stage tasks run: local (this process, one after another; the default) or ray "
+                     "(Prefect's RayTaskRunner: independent stages at once; README 'Scaling out')")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="with --runner ray: auto (the instance `ray start --head` runs here), ray://<head>:10001 "
+                          "or <head>:6379; default: a local Ray instance for this run")]
 EphemeralOpt = Annotated[bool, typer.Option(
     "--ephemeral", help="run against Prefect's temporary per-run server instead of the local one on 127.0.0.1:4200 "
                         "(slower: it starts at every run)")]
@@ -80,14 +86,28 @@ def route_library_logs() -> None:
                 handler.addFilter(SummarisedFilter())
 
 
-def start_flow_command(config, set_, verbose: bool, ephemeral: bool):
+def start_flow_command(config, set_, verbose: bool, ephemeral: bool, runner: str | None = None,
+                       ray_address: str | None = None):
     """What every command that runs a flow does first: the config loaded and checked (a bad input fails here, in one
     line, before Prefect starts and the store records a run), Prefect's console quietened and its server chosen
     before Prefect is imported. Returns (config, the UI's address or None)."""
+    set_ = [*(set_ or []), *([f"runner.kind={runner}"] if runner else []),
+            *([f"runner.ray_address={ray_address}"] if ray_address else [])]
     cfg = _load(config, set_)
+    if ray_address and cfg.runner.kind != "ray":
+        raise UserError("--ray-address needs --runner ray")
     check_before_run(cfg)
     quiet_prefect_console(verbose)
     return cfg, choose_server(ephemeral)
+
+
+def check_runner(cfg, stages: list[str]) -> None:
+    """With --runner ray: connect (or start the local instance) and check the setup before the flow starts, so bad
+    setup is one line and no run is recorded; the flow's task runner then joins this Ray instance."""
+    if cfg.runner.kind == "ray":
+        from flows.ray_runner import start_ray
+
+        start_ray(cfg, stages)
 
 
 def flow_result(state, what: str):
@@ -100,10 +120,13 @@ def flow_result(state, what: str):
 
 @app.command()
 def flow(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False,
-         ephemeral: EphemeralOpt = False) -> None:
+         ephemeral: EphemeralOpt = False, runner: RunnerOpt = None, ray_address: RayAddressOpt = None) -> None:
     """Run the whole pipeline as the Prefect flow `rlhf-pipeline` (cached stage tasks, PPO retries)."""
-    cfg, ui = start_flow_command(config, set_, verbose, ephemeral)
+    cfg, ui = start_flow_command(config, set_, verbose, ephemeral, runner, ray_address)
     from flows.pipeline import rlhf_pipeline
+    from minirlhf.pipeline import enabled_stages
+
+    check_runner(cfg, list(enabled_stages(cfg)))
 
     route_library_logs()
     started = time.perf_counter()
@@ -123,6 +146,8 @@ def sweep(
         help="comma-separated ppo.kl_coef values, one PPO run each")] = "0.5,0.2,0.1,0.05,0.02,0.01",
     verbose: VerboseOpt = False,
     ephemeral: EphemeralOpt = False,
+    runner: RunnerOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """The over-optimisation sweep (Prefect flow `overoptimization-sweep`): PPO at several KL coefficients on the
     same cached SFT and reward model; gold and proxy reward against d = sqrt(KL), fitted as in Gao et al. 2022."""
@@ -132,8 +157,10 @@ def sweep(
         raise UserError(f"--kl-coefs must be numbers separated by commas, e.g. 0.2,0.05 (got {kl_coefs!r})") from None
     if len(set(coefs)) < 2 or any(c < 0 for c in coefs):
         raise UserError(f"--kl-coefs needs at least two different non-negative values (got {kl_coefs!r})")
-    cfg, _ = start_flow_command(config, set_, verbose, ephemeral)
-    from flows.sweep import overoptimization_sweep
+    cfg, _ = start_flow_command(config, set_, verbose, ephemeral, runner, ray_address)
+    from flows.sweep import SHARED_STAGES, overoptimization_sweep
+
+    check_runner(cfg, [*SHARED_STAGES, "ppo", "eval"])
 
     route_library_logs()
     started = time.perf_counter()
@@ -165,6 +192,8 @@ def calibrate(
     = "ensemble_mean_minus_std",
     verbose: VerboseOpt = False,
     ephemeral: EphemeralOpt = False,
+    runner: RunnerOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """The reward-hacking calibration (Prefect flow `hacking-calibration`): PPO at kl_coef x seed watched by the
     gold-free signals; thresholds chosen on some seeds (leave-one-seed-out), recall / false alarms / lead against
@@ -178,8 +207,10 @@ def calibrate(
                         "e.g. --seeds 1,2,3") from None
     if defence_reward not in ("ensemble_mean_minus_std", "ensemble_min", "proxy"):
         raise UserError(f"--defence-reward {defence_reward!r}: choose ensemble_mean_minus_std, ensemble_min or proxy")
-    cfg, _ = start_flow_command(config, set_, verbose, ephemeral)
-    from flows.calibration import calibration_markdown, hacking_calibration
+    cfg, _ = start_flow_command(config, set_, verbose, ephemeral, runner, ray_address)
+    from flows.calibration import SHARED_STAGES, calibration_markdown, hacking_calibration
+
+    check_runner(cfg, [*SHARED_STAGES, "ppo", "eval"])
 
     route_library_logs()
     started = time.perf_counter()
@@ -201,6 +232,8 @@ def compare(
         help="RLOO and GRPO sample as many episodes as PPO (their steps adjusted)")] = True,
     verbose: VerboseOpt = False,
     ephemeral: EphemeralOpt = False,
+    runner: RunnerOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """The comparison of the policy methods (Prefect flow `compare-methods`): PPO, DPO, RLOO and GRPO trained from
     each seed, evaluated on the same prompts; means with 95% paired-bootstrap intervals over seeds and prompts."""
@@ -210,8 +243,11 @@ def compare(
         raise UserError(f"--seeds is comma-separated integers, e.g. --seeds 1,2,3 (got {seeds!r})") from None
     if len(set(seed_list)) < 2:
         raise UserError(f"--seeds needs at least two different seeds for an interval over seeds (got {seeds!r})")
-    cfg, _ = start_flow_command(config, set_, verbose, ephemeral)
+    cfg, _ = start_flow_command(config, set_, verbose, ephemeral, runner, ray_address)
     from flows.compare import compare_markdown, compare_methods
+    from minirlhf.pipeline import enabled_stages
+
+    check_runner(cfg, list(enabled_stages(cfg)))
 
     route_library_logs()
     started = time.perf_counter()

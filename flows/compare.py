@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from minirlhf.compare import METHODS, seed_config
 from minirlhf.config import PipelineConfig
-from minirlhf.pipeline import enabled_stages, plan, plan_compare
+from minirlhf.pipeline import enabled_stages, plan_compare
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 
+from flows.ray_runner import run_waves, run_waves_of, stage_runner
 from tasks import run_stage_task
 
 DEFAULT_SEEDS = [1, 2, 3]
@@ -38,16 +39,19 @@ def compare_methods(config: PipelineConfig = PipelineConfig(), seeds: list[int] 
     store = Store.for_config(config)
     parameters = {"config": config.model_dump(mode="json"), "seeds": seeds, "vary_all": vary_all,
                   "equal_episodes": equal_episodes}
-    with store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
-                   parameters=parameters) as run_id:
-        points = []
-        for seed in sorted(set(seeds)):
-            cfg = seed_config(config, seed, vary_all, equal_episodes)
-            results: dict[str, StageResult] = {}
-            for name in enabled_stages(cfg):
-                results[name] = run_stage_task(plan(cfg, name, results), run_id)
-            seconds = {m: results[m].seconds for m in METHODS if m in results}
-            points.append({"seed": seed, "eval": results["eval"], "seconds": seconds})
+    cfgs = {seed: seed_config(config, seed, vary_all, equal_episodes) for seed in sorted(set(seeds))}
+    with stage_runner(config, sorted({n for cfg in cfgs.values() for n in enabled_stages(cfg)})) as runner, \
+            store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
+                      parameters=parameters) as run_id:
+        results = {seed: {} for seed in cfgs}
+        if runner is None:  # one seed after another, one stage after another
+            for seed, cfg in cfgs.items():
+                run_waves(None, cfg, list(enabled_stages(cfg)), run_id, results[seed])
+        else:  # every seed's wave k at once
+            run_waves_of(runner, [(cfg, list(enabled_stages(cfg)), results[seed]) for seed, cfg in cfgs.items()],
+                         run_id)
+        points = [{"seed": seed, "eval": results[seed]["eval"],
+                   "seconds": {m: results[seed][m].seconds for m in METHODS if m in results[seed]}} for seed in cfgs]
         budget_cfg = seed_config(config, seeds[0], vary_all, equal_episodes)
         result = run_stage_task(plan_compare(budget_cfg, points), run_id)
     create_markdown_artifact(compare_markdown(result), key="compare-methods",

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
-from minirlhf.pipeline import enabled_stages, plan
+from minirlhf.pipeline import enabled_stages
 from minirlhf.report import ReportFigure, report_of_outputs
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
@@ -32,7 +32,7 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import deployment, flow_run
 
-from tasks import run_stage_task
+from flows.ray_runner import run_waves, stage_runner
 
 # Where `minirlhf dashboard` serves (its default port); set MINIRLHF_DASHBOARD_URL when it runs elsewhere.
 DASHBOARD_URL_ENV = "MINIRLHF_DASHBOARD_URL"
@@ -45,11 +45,13 @@ HEADLINE = ("gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_prox
 def rlhf_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, StageResult]:
     """Run (or reuse) every stage of the RLHF pipeline on `config` and record the run in the store."""
     store = Store.for_config(config)
-    results: dict[str, StageResult] = {}
-    with store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
-                   parameters={"config": config.model_dump(mode="json")}) as run_id:
-        for name in enabled_stages(config):  # a baseline switched off (dpo.enabled: false) is not run
-            results[name] = run_stage_task(plan(config, name, results), run_id)
+    names = list(enabled_stages(config))  # a baseline switched off (dpo.enabled: false) is not run
+    with stage_runner(config, names) as runner, \
+            store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
+                      parameters={"config": config.model_dump(mode="json")}) as run_id:
+        # locally one stage after another; on Ray each wave of independent stages at once
+        done = run_waves(runner, config, names, run_id, {})
+        results = {name: done[name] for name in names}  # in pipeline order
     publish_summary(config, results, run_id)
     return results
 

@@ -16,7 +16,7 @@ The fit (minirlhf/sweep.py) lands in the store (views v_sweep_points, v_sweep_fi
 from __future__ import annotations
 
 from minirlhf.config import PipelineConfig
-from minirlhf.pipeline import plan, plan_sweep
+from minirlhf.pipeline import plan_sweep
 from minirlhf.stage import StageResult
 from minirlhf.store import Store
 from minirlhf.sweep import point_config
@@ -24,6 +24,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 
+from flows.ray_runner import ppo_and_eval, run_waves, stage_runner
 from tasks import run_stage_task
 
 DEFAULT_KL_COEFS = [0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
@@ -37,17 +38,15 @@ def overoptimization_sweep(config: PipelineConfig = PipelineConfig(),
     if len(set(kl_coefs)) < 2:
         raise ValueError(f"kl_coefs: the fit needs at least two different coefficients, got {kl_coefs}")
     store = Store.for_config(config)
-    with store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
-                   parameters={"config": config.model_dump(mode="json"), "kl_coefs": list(kl_coefs)}) as run_id:
-        shared: dict[str, StageResult] = {}
-        for name in SHARED_STAGES:
-            shared[name] = run_stage_task(plan(config, name, shared), run_id)
-        evals: dict[float, StageResult] = {}
-        for kl_coef in sorted(set(kl_coefs), reverse=True):
-            cfg = point_config(config, kl_coef)
-            point = {**shared, "ppo": run_stage_task(plan(cfg, "ppo", shared), run_id)}
-            evals[kl_coef] = run_stage_task(plan(cfg, "eval", point), run_id)
-        result = run_stage_task(plan_sweep(config, evals), run_id)
+    coefs = sorted(set(kl_coefs), reverse=True)
+    with stage_runner(config, [*SHARED_STAGES, "ppo", "eval"]) as runner, \
+            store.run(config.model_dump(mode="json"), prefect_flow_run_id=flow_run.id, deployment=deployment.name,
+                      parameters={"config": config.model_dump(mode="json"), "kl_coefs": list(kl_coefs)}) as run_id:
+        shared = run_waves(runner, config, list(SHARED_STAGES), run_id, {})
+        # locally one point after another; on Ray every point's PPO at once, then every point's evaluation
+        pairs = ppo_and_eval(runner, [point_config(config, kl_coef) for kl_coef in coefs], shared, run_id)
+        evals = {kl_coef: ev for kl_coef, (_, ev) in zip(coefs, pairs)}
+        result = run_stage_task(plan_sweep(config, evals), run_id)  # the fit: seconds, in this process
     create_markdown_artifact(sweep_markdown(config, evals, result), key="overoptimization-sweep",
                              description="gold and proxy reward against d = sqrt(KL), "
                                          "fitted R(d) = d(alpha - beta log d)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from minirlhf.errors import UserError
 
@@ -409,6 +409,41 @@ class StoreConfig(_Section):
                                   "before it gives up")
 
 
+class StageResources(_Section):
+    """What one task of a stage asks a Ray cluster for (prefect_ray.context.remote_options)."""
+
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved for the task (and its torch threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved for the task; the task sees only those")
+
+
+class RunnerConfig(_Section):
+    """Where the flow runs its stage tasks (flows/runners.py). Not in any stage key: a stage computed on a Ray worker
+    is the same output as one computed locally, so both modes share outputs and caches.
+
+    `local`: one process, one stage after another (the default; no Ray needed). `ray`: Prefect's RayTaskRunner
+    (prefect-ray) places tasks on a Ray cluster, independent stages at once; workers write their rows to journals
+    that the flow process ingests (minirlhf/journal.py). `ray_address`: None starts a local Ray instance with
+    `ray_num_cpus` CPUs for this run; `auto` joins the instance on this machine; `ray://host:10001` a remote head."""
+
+    kind: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (ray_address None); "
+                                     "None: every core of this machine")
+    threads_per_cpu: int = Field(1, ge=1, description="torch/OMP threads per CPU a task reserves (a task with "
+                                 "num_cpus 2 runs 2 threads at 1): workers share the cores instead of oversubscribing")
+    resources: dict[str, StageResources] = Field(default_factory=dict, description="per stage: what its task asks "
+                                                 "for, e.g. {ppo: {num_gpus: 1}}; unnamed stages: 1 CPU, or "
+                                                 "ppo.nproc CPUs for PPO (num_gpus: ppo.nproc when model.device is "
+                                                 "cuda)")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_form(cls, value: str | None) -> str | None:
+        if value is not None and value != "auto" and ":" not in value:
+            raise ValueError(f"{value!r} is not a Ray address: use auto, ray://<head>:10001 or <head>:6379")
+        return value
+
+
 class PipelineConfig(_Section):
     """The whole pipeline. `output_dir` holds checkpoints, `rlhf.duckdb` and reports."""
 
@@ -433,6 +468,7 @@ class PipelineConfig(_Section):
     ensemble: EnsembleConfig = EnsembleConfig()
     hacking: HackingConfig = HackingConfig()
     store: StoreConfig = StoreConfig()
+    runner: RunnerConfig = RunnerConfig()
 
     @model_validator(mode="after")
     def _ai_labels_need_the_rlaif_stage(self) -> "PipelineConfig":

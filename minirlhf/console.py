@@ -101,8 +101,9 @@ def _err_console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def stage_line(name: str, result) -> str | None:
-    """The line a finished stage prints, or None when its progress bar, left on screen, is its line."""
+def stage_line(name: str, result, bar_shown: bool = True) -> str | None:
+    """The line a finished stage prints, or None when its progress bar, left on screen, is its line (a stage that
+    ran on a Ray worker drew its bar there: `bar_shown=False` gives the line)."""
     if result.cache_hit:
         return f"✓ {name:<{NAME_WIDTH}} reused"
     m = result.metrics
@@ -135,11 +136,11 @@ def stage_line(name: str, result) -> str | None:
     if name == "ppo" and "ppo/warning_step" in m:  # below its progress bar: why it stopped early
         return (f"! {name:<{NAME_WIDTH}} reward-hacking warning at step {int(m['ppo/warning_step'])}: stopped, "
                 f"rolled back to step {int(m['ppo/rollback_step'])} (failure event reward_hacking_onset)")
-    return None
+    return None if bar_shown else f"{head}  {result.step} steps"
 
 
-def print_stage_line(name: str, result) -> None:
-    line = stage_line(name, result)
+def print_stage_line(name: str, result, bar_shown: bool = True) -> None:
+    line = stage_line(name, result, bar_shown)
     if line is not None:
         _err_console().print(line, markup=False)
 

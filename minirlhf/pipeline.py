@@ -271,12 +271,32 @@ def needed_stages(cfg: PipelineConfig, stages: tuple[str, ...] | None = None) ->
     return [n for n in PIPELINE if n in needed]
 
 
+def stage_levels(cfg: PipelineConfig, names: list[str]) -> list[list[str]]:
+    """`names` (in pipeline order, upstream included) in waves: each stage one wave after the last of its upstream,
+    so the stages of a wave are independent and may run at once (on Ray: DPO beside the reward model; PPO, RLOO and
+    GRPO beside each other)."""
+    level: dict[str, int] = {}
+    for name in names:
+        level[name] = 1 + max((level[u] for u in upstream_of(cfg, name) if u in level), default=-1)
+    return [[n for n in names if level[n] == k] for k in range(max(level.values(), default=-1) + 1)]
+
+
+def stage_resources(cfg: PipelineConfig, name: str) -> dict[str, float]:
+    """What a stage's task asks a cluster for: `runner.resources[name]` when given, else 1 CPU; data-parallel PPO
+    one CPU per rank, and one GPU per rank when the model runs on CUDA."""
+    if name in cfg.runner.resources:
+        return cfg.runner.resources[name].model_dump()
+    ranks = cfg.ppo.nproc if name == "ppo" else 1
+    return {"num_cpus": float(ranks), "num_gpus": float(ranks) if cfg.model.device == "cuda" else 0.0}
+
+
 # ---- running -----------------------------------------------------------------------------------------------
 def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1,
-              task_run_id: str | None = None) -> StageResult:
+              task_run_id: str | None = None, threads: int | None = None) -> StageResult:
     """The protocol of every stage output: under its lock, reuse the verified output if there is one, else compute
     it; one stage_runs row either way ('failed' with the cause if computing raises). On the console: the stage's
-    progress line or one line when done (minirlhf.console), the libraries' own output quieted while it computes."""
+    progress line or one line when done (minirlhf.console), the libraries' own output quieted while it computes.
+    `threads`: torch's CPU threads while it computes (a Ray task: the CPUs it holds); None leaves torch's default."""
     stage = STAGES[spec.name]
     with stage_lock(spec.out_dir):
         result = spec.find_output()
@@ -290,12 +310,22 @@ def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1,
                 log.info("%s: computing (attempt %d) -> %s", spec.name, attempt, spec.out_dir)
                 extra = {"attempt": attempt} if stage.retries else {}
                 compute = stage.function()  # imported first: quiet_libraries quiets the libraries it loaded
+                if threads:
+                    set_torch_threads(threads)
                 with stage_failure_line(spec.name, attempt), quiet_libraries():
                     result = compute(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
             log_result(logger, spec, result)
     result.run_id = run_id
     print_stage_line(spec.name, result)
     return result
+
+
+def set_torch_threads(threads: int) -> None:
+    """Torch's intra-op CPU threads for this process. Its CPU kernels split reductions by thread count, so a stage's
+    bytes are reproducible at a given count: 1 thread and 2 threads give a different SFT in the last bits."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def record_reuse(spec: StageSpec, store: Store, run_id: str, task_run_id: str | None = None,

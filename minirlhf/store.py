@@ -205,19 +205,22 @@ class Store:
 
     def start_stage(self, run_id: str, stage: str, *, config: dict | None = None, cache_key: str | None = None,
                     cache_hit: bool = False, attempt: int = 1, task_run_id: str | None = None,
-                    output_dir: str | Path | None = None, stage_run_id: str | None = None) -> str:
+                    output_dir: str | Path | None = None, stage_run_id: str | None = None,
+                    at: datetime | None = None) -> str:
+        """A 'running' stage_runs row; `at`: when it started, if not now (a worker's journal, minirlhf.journal)."""
         stage_run_id = stage_run_id or uuid.uuid4().hex
         with self._write() as con:
             con.execute("INSERT INTO stage_runs VALUES (?, ?, ?, ?, NULL, 'running', NULL, ?, ?, ?, ?, ?, ?)",
-                        [stage_run_id, run_id, stage, _now(), attempt, cache_key, bool(cache_hit),
+                        [stage_run_id, run_id, stage, at or _now(), attempt, cache_key, bool(cache_hit),
                          _str_or_none(task_run_id), _to_json(config), _str_or_none(output_dir)])
         return stage_run_id
 
-    def finish_stage(self, stage_run_id: str, status: str, cause: str | None = None) -> None:
+    def finish_stage(self, stage_run_id: str, status: str, cause: str | None = None,
+                     at: datetime | None = None) -> None:
         _check_choice("status", status, FINISH_STATUSES)
         with self._write() as con:
             done = con.execute("UPDATE stage_runs SET status = ?, cause = ?, finished_at = ? WHERE stage_run_id = ? "
-                               "RETURNING stage_run_id", [status, cause, _now(), stage_run_id]).fetchall()
+                               "RETURNING stage_run_id", [status, cause, at or _now(), stage_run_id]).fetchall()
             if not done:
                 raise LookupError(f"no stage run {stage_run_id!r} in {self.path}: start it with start_stage first")
 

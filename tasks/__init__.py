@@ -8,7 +8,8 @@ Usage:
 from tasks.cai import cai_task
 from tasks.calibration import calibration_task
 from tasks.compare import compare_task
-from tasks.common import RESULTS_DIRNAME, cache_key, retry_condition, run_stage_task, stage_task
+from tasks.common import (RESULTS_DIRNAME, Submitted, cache_key, collect_stage_task, retry_condition, run_stage_task,
+                          stage_task, submit_stage_task)
 from tasks.data import data_task
 from tasks.dpo import dpo_task
 from tasks.ensemble import ensemble_task
@@ -30,4 +31,5 @@ STAGE_TASKS = {"data": data_task, "sft": sft_task, "cai": cai_task, "sl_cai": sl
                "rloo": rloo_task, "grpo": grpo_task, "eval": eval_task, "judge": judge_task, "sweep": sweep_task,
                "calibration": calibration_task, "compare": compare_task}
 
-__all__ = ["RESULTS_DIRNAME", "STAGE_TASKS", "cache_key", "retry_condition", "run_stage_task", "stage_task"]
+__all__ = ["RESULTS_DIRNAME", "STAGE_TASKS", "Submitted", "cache_key", "collect_stage_task", "retry_condition",
+           "run_stage_task", "stage_task", "submit_stage_task"]

@@ -12,21 +12,30 @@ is `spec.key`, so the Prefect cache, the output folder `<output_dir>/<stage>/<ke
 agree. Results (small `StageResult` records, never models) are stored as JSON in `<output_dir>/prefect-results`.
 The files are the truth, the Prefect cache an optimisation: `run_stage_task` refreshes the cache when the
 output on disk is missing or fails its manifest, and records a cache hit from the verified files.
+
+On a task runner with other processes or machines (Ray, flows/ray_runner.py), `submit_stage_task` hands the task to
+the runner with a journal path: the task records into that file instead of DuckDB (minirlhf/journal.py), and
+`collect_stage_task` waits for it and replays the journal into the store from the flow process, the one writer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from minirlhf.errors import PPOUnstable
+from minirlhf.console import print_stage_line
+from minirlhf.journal import Journal, ingest, journal_path
 from minirlhf.pipeline import STAGES, StageSpec, record_reuse, run_stage
 from minirlhf.stage import StageResult
 from minirlhf.store import Store, StoreLocked
 from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
+from prefect.task_runners import TaskRunner
 from prefect.tasks import exponential_backoff
 
 RESULTS_DIRNAME = "prefect-results"
@@ -57,9 +66,9 @@ def stage_task(name: str) -> Task:
     @task(name=name, cache_key_fn=cache_key, persist_result=True, result_serializer="json",
           retries=max(STAGES[name].retries, STORE_RETRIES), retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S),
           retry_condition_fn=retry_condition)
-    def run(spec: StageSpec, run_id: str) -> StageResult:
-        store = Store.for_config(spec.cfg)
-        return run_stage(spec, store, run_id, attempt=task_run.run_count, task_run_id=task_run.id)
+    def run(spec: StageSpec, run_id: str, journal: Path | None = None, threads: int | None = None) -> StageResult:
+        store = Journal(journal) if journal else Store.for_config(spec.cfg)  # journal: on a worker (Ray)
+        return run_stage(spec, store, run_id, attempt=task_run.run_count, task_run_id=task_run.id, threads=threads)
 
     return run
 
@@ -81,4 +90,43 @@ def run_stage_task(spec: StageSpec, run_id: str) -> StageResult:
     if result.run_id != run_id:  # Prefect's cache answered: record the verified output in this run
         store = Store.for_config(spec.cfg)
         result = record_reuse(spec, store, run_id, task_run_id=str(state.state_details.task_run_id), found=on_disk)
+    return result
+
+
+@dataclass
+class Submitted:
+    """A stage task handed to a task runner: what collecting it needs."""
+
+    spec: StageSpec
+    run_id: str
+    future: PrefectFuture
+    journal: Path
+    on_disk: StageResult | None
+
+
+def submit_stage_task(runner: TaskRunner, spec: StageSpec, run_id: str, threads: int | None = None) -> Submitted:
+    """Hand the stage's task to `runner` (its placement options, such as prefect_ray's remote_options, set around
+    this call). The task records into a journal in the output root, never into DuckDB, and computes with `threads`
+    torch threads (the CPUs it holds)."""
+    from tasks import STAGE_TASKS
+
+    on_disk = spec.find_output()
+    journal = journal_path(spec.cfg.output_dir, run_id, spec.name, spec.key)
+    task = STAGE_TASKS[spec.name].with_options(result_storage=results_dir(spec), refresh_cache=on_disk is None)
+    future = runner.submit(task, {"spec": spec, "run_id": run_id, "journal": journal, "threads": threads})
+    return Submitted(spec, run_id, future, journal, on_disk)
+
+
+def collect_stage_task(submitted: Submitted) -> StageResult:
+    """Wait for a submitted stage task, replay its journal into the store (failed attempts too), then its result:
+    the stage's exception if it failed, a cached answer recorded from the verified files as in run_stage_task."""
+    spec, run_id = submitted.spec, submitted.run_id
+    submitted.future.wait()
+    store = Store.for_config(spec.cfg)
+    ingest(store, submitted.journal)
+    result: StageResult = submitted.future.result()
+    if result.run_id != run_id:  # answered from Prefect's cache on the worker: nothing was journalled
+        return record_reuse(spec, store, run_id, task_run_id=str(submitted.future.task_run_id),
+                            found=submitted.on_disk)
+    print_stage_line(spec.name, result, bar_shown=False)  # its progress bar was on the worker's console
     return result

@@ -214,19 +214,26 @@ def test_prefect_yaml_deployments_match_the_flow():
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep", "rlhf-calibration", "rlhf-compare"}
+    assert set(deployments) == {"rlhf-demo", "rlhf-nightly", "rlhf-sweep", "rlhf-calibration", "rlhf-compare",
+                                "rlhf-sweep-ray"}
     assert [s["cron"] for s in deployments["rlhf-nightly"].get("schedules", [])] == ["0 3 * * *"]
     assert not deployments["rlhf-demo"].get("schedules")
     demo = load_config(REPO / "configs" / "demo.yaml")
     calibration = load_config(REPO / "configs" / "calibration.yaml")
+    on_ray = demo.model_copy(update={
+        "output_dir": Path("/shared/minirlhf"), "model": demo.model.model_copy(update={"device": "cuda"}),
+        "runner": load_config(None, ["runner.kind=ray", "runner.ray_address=auto",
+                                     "runner.resources={ppo: {num_gpus: 1}, eval: {num_gpus: 1}}"]).runner})
+    configs = {"rlhf-calibration": calibration, "rlhf-sweep-ray": on_ray}
     flows = {"rlhf-demo": "rlhf-pipeline", "rlhf-nightly": "rlhf-pipeline", "rlhf-sweep": "overoptimization-sweep",
-             "rlhf-calibration": "hacking-calibration", "rlhf-compare": "compare-methods"}
+             "rlhf-calibration": "hacking-calibration", "rlhf-compare": "compare-methods",
+             "rlhf-sweep-ray": "overoptimization-sweep"}
     for name, d in deployments.items():
-        assert d["work_pool"]["name"] == "minirlhf-pool"
+        assert d["work_pool"]["name"] == ("minirlhf-gpu-pool" if name == "rlhf-sweep-ray" else "minirlhf-pool")
         flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
         assert flow.name == flows[name]
         params = flow.validate_parameters(d["parameters"])  # the server validates the same way
-        assert params["config"] == (calibration if name == "rlhf-calibration" else demo)
+        assert params["config"] == configs.get(name, demo), name
     assert deployments["rlhf-sweep"]["parameters"]["kl_coefs"] == [0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
     assert deployments["rlhf-compare"]["parameters"]["seeds"] == [1, 2, 3]
 

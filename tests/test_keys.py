@@ -14,9 +14,9 @@ from minirlhf.stage import StageResult
 from tests.conftest import require_shared_hh
 
 # Modules every stage imports whose source is not part of any stage's output: the config is keyed by value (its
-# sections' JSON), the protocol and the store decide where things go, not what they hold.
-KEYED_BY_VALUE = {"config.py", "stage.py", "store.py", "errors.py", "inputs.py", "pipeline.py", "__init__.py",
-                  "ppo/__init__.py", "data/__init__.py"}
+# sections' JSON), the protocol, the store and its journal decide where things go, not what they hold.
+KEYED_BY_VALUE = {"config.py", "stage.py", "store.py", "journal.py", "errors.py", "inputs.py", "pipeline.py",
+                  "__init__.py", "ppo/__init__.py", "data/__init__.py"}
 
 
 def imported_files(entry_module: str) -> set[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from minirlhf.config import PipelineConfig
 from minirlhf.errors import PPOUnstable
+from minirlhf.journal import Journal
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, load_output
 
 SPEC_SUFFIX = ".launch.json"
@@ -46,6 +47,7 @@ def launch(cfg: PipelineConfig, inputs: dict[str, Path | None], out_dir: Path, l
         "config": cfg.model_dump(mode="json"), "out_dir": str(Path(out_dir).resolve()), "attempt": attempt,
         "inject_nan_at_step": inject_nan_at_step, "inputs": {k: str(v) if v else None for k, v in inputs.items()},
         "store": {"path": str(store.path), "lock_timeout_s": store.lock_timeout_s,
+                  "journal": isinstance(store, Journal),  # a Ray worker's stage records to its journal
                   "stage_run_id": logger.stage_run_id} if store is not None else None,
     }))
     unstable = unstable_path(spec)
@@ -76,8 +78,9 @@ def main(spec_file: str) -> None:
     distributed.init_from_env()
     logger: MetricLogger = NullLogger()
     if spec["store"] and distributed.is_main():  # rank 0 records into the launching process's stage run
-        store = Store(spec["store"]["path"], lock_timeout_s=spec["store"]["lock_timeout_s"])
-        logger = StoreLogger(store, spec["store"]["stage_run_id"])
+        where = spec["store"]
+        store = Journal(where["path"]) if where["journal"] else Store(where["path"], where["lock_timeout_s"])
+        logger = StoreLogger(store, where["stage_run_id"])
     inputs = {k: Path(v) if v else None for k, v in spec["inputs"].items()}
     try:
         run_ppo(PipelineConfig.model_validate(spec["config"]), out_dir=Path(spec["out_dir"]), logger=logger,
