@@ -120,3 +120,32 @@ def test_every_pipeline_stage_is_planned_with_its_inputs():
     assert plan(with_ensemble, "ppo", results).key != plan(cfg, "ppo", results).key  # the ensemble's digest
     minilm = load_config(None, ["model.reward_backbone=minilm"])
     assert plan(minilm, "reward", results).inputs["sft_dir"] is None  # another backbone does not read SFT
+
+
+def test_stage_levels_put_only_independent_stages_in_one_wave():
+    from minirlhf.pipeline import needed_stages, stage_levels, upstream_of
+
+    demo = load_config(PACKAGE_DIR.parent / "configs" / "demo.yaml")
+    assert stage_levels(demo, needed_stages(demo)) == [["data"], ["sft"], ["reward", "dpo"], ["ppo", "rloo"], ["eval"]]
+    for overrides in ([], ["grpo.enabled=true", "ensemble.enabled=true", "model.reward_backbone=gpt2"],
+                      ["cai.enabled=true", "sl_cai.enabled=true", "rlaif.enabled=true", "reward.labels=ai"]):
+        cfg = load_config(None, overrides)
+        names = needed_stages(cfg)
+        waves = stage_levels(cfg, names)
+        assert sorted(n for w in waves for n in w) == sorted(names)
+        wave_of = {n: k for k, w in enumerate(waves) for n in w}
+        for name in names:  # every upstream in an earlier wave, and a stage as early as its upstream allow
+            ups = [wave_of[u] for u in upstream_of(cfg, name)]
+            assert all(u < wave_of[name] for u in ups), (overrides, name)
+            assert wave_of[name] == 1 + max(ups, default=-1), (overrides, name)
+
+
+def test_stage_resources_from_the_stage_config():
+    from minirlhf.pipeline import stage_resources
+
+    assert stage_resources(load_config(None), "ppo") == {"num_cpus": 1.0, "num_gpus": 0.0}
+    ddp = load_config(None, ["ppo.nproc=2", "ppo.batch_size=16", "model.device=cuda"])
+    assert stage_resources(ddp, "ppo") == {"num_cpus": 2.0, "num_gpus": 2.0}  # one CPU and one GPU per rank
+    assert stage_resources(ddp, "dpo") == {"num_cpus": 1.0, "num_gpus": 1.0}
+    given = load_config(None, ["runner.resources={eval: {num_cpus: 4, num_gpus: 0.5}}"])
+    assert stage_resources(given, "eval") == {"num_cpus": 4.0, "num_gpus": 0.5}
