@@ -65,6 +65,8 @@ def worker_env() -> dict[str, str]:
 def ray_task_runner(cfg: PipelineConfig) -> TaskRunner:
     from prefect_ray import RayTaskRunner
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline by construction: no usage report at ray.init
+
     # Workers' consoles stay on the workers (their progress bars would interleave here); the flow prints each stage's
     # line when it collects it, and the task runs' logs are in the Prefect UI.
     init = {"include_dashboard": False, "runtime_env": {"env_vars": worker_env()}, "log_to_driver": False}
