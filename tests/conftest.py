@@ -71,9 +71,26 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """Prefect's test server for flows run in this process (tests/test_flow.py, test_sweep.py, test_ray.py), started
+    once per session (14 s each start here); results that are not ours go to a tmp dir (the harness does not
+    isolate them)."""
+    from prefect.settings import (PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED,
+                                  temporary_settings)
+    from prefect.testing.utilities import prefect_test_harness
+
+    default_results = tmp_path_factory.mktemp("prefect-default-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: default_results,
+                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="session")
 def server_env(tmp_path_factory):
-    """Environment for processes talking to a fresh `prefect server start` (own PREFECT_HOME and database)."""
+    """Environment for processes talking to a fresh `prefect server start` (own PREFECT_HOME and database), shared
+    by the modules that run `minirlhf flow` as separate processes (each flow run is its own: ids, output roots)."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

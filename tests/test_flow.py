@@ -17,9 +17,7 @@ import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
-from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 from prefect.states import Completed, Failed
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import policy_comparison, rlhf_pipeline
 from minirlhf.config import PipelineConfig, load_config
@@ -70,14 +68,9 @@ def run_flow(cfg: PipelineConfig) -> FlowRun:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A temporary Prefect server and database; results that are not ours go to a tmp dir (the harness
-    does not isolate them)."""
-    default_results = tmp_path_factory.mktemp("prefect-default-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: default_results,
-                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
+def prefect_server(prefect_harness):
+    """Prefect's test server and database (conftest.prefect_harness, one per session)."""
+    yield
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ PREFECT_HOME, flows run as separate processes (`minirlhf flow`) or by a process 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,13 @@ def _wait(proc: subprocess.Popen, output_dir: Path, log_name: str = "flow") -> N
     assert rc == 0, f"minirlhf flow ended with {rc}:\n{log[-4000:]}"
 
 
+def _seed_upstream(output_dir: Path, computed: Path) -> None:
+    """Copy data, SFT and the reward model of the session's tiny run (conftest.tiny_cli_run, the same config for
+    them) into a fresh root: the flow reuses them from the files, and the test's time goes to what it is about."""
+    for stage in ("data", "sft", "reward"):
+        shutil.copytree(computed / stage, output_dir / stage)
+
+
 def _runs(output_dir: Path):
     return Store.for_output_dir(output_dir).query("select * from runs order by started_at")
 
@@ -70,8 +78,9 @@ def _stage_runs(output_dir: Path, run_id: str) -> dict[str, list[dict]]:
     return by_stage
 
 
-def test_sigkilled_flow_resumes_ppo_from_its_checkpoint(server_env, tmp_path):
+def test_sigkilled_flow_resumes_ppo_from_its_checkpoint(server_env, tmp_path, tiny_cli_run):
     out = tmp_path / "killed"
+    _seed_upstream(out, tiny_cli_run[0])
     settings = ("ppo.steps=30", "ppo.checkpoint_every=3", "ppo.keep_checkpoints=2")  # ~8 steps/s here
     proc = _start_flow(server_env, out, *settings)
     deadline = time.monotonic() + FLOW_TIMEOUT_S
@@ -139,7 +148,7 @@ def test_two_flows_at_once_both_complete_with_all_rows(server_env, tmp_path):
     assert sorted(sft_rows) == [False, True]  # trained once, reused once
 
 
-def test_deployment_run_from_prefect_yaml_with_a_process_worker(server_env, tmp_path):
+def test_deployment_run_from_prefect_yaml_with_a_process_worker(server_env, tmp_path, tiny_cli_run):
     def prefect(*args: str) -> str:
         done = subprocess.run([BIN / "prefect", *args], cwd=REPO, env=server_env, capture_output=True, text=True,
                               timeout=300)
@@ -147,11 +156,14 @@ def test_deployment_run_from_prefect_yaml_with_a_process_worker(server_env, tmp_
         return done.stdout
 
     prefect("work-pool", "create", "minirlhf-pool", "--type", "process")
-    prefect("--no-prompt", "deploy", "--all")
+    prefect("work-pool", "create", "minirlhf-gpu-pool", "--type", "process")  # rlhf-sweep-ray's (README)
+    deployed = prefect("--no-prompt", "deploy", "--all")
+    assert "rlhf-sweep-ray" in deployed and "minirlhf-gpu-pool" in deployed
     worker_log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "minirlhf-pool"], cwd=REPO, env=server_env,
                               stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     out = tmp_path / "deployed"
+    _seed_upstream(out, tiny_cli_run[0])
     config = load_config(None, [*TINY, "name=deployed", f"output_dir={out}"]).model_dump(mode="json")
     try:
         started = prefect("deployment", "run", "rlhf-pipeline/rlhf-demo", "--params", json.dumps({"config": config}),

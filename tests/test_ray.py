@@ -15,14 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from prefect.settings import (
-    PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings)
-from prefect.testing.utilities import prefect_test_harness
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from minirlhf.config import PipelineConfig, load_config
 from minirlhf.journal import DIED, JOURNAL_DIRNAME
-from minirlhf.pipeline import enabled_stages, run_pipeline
+from minirlhf.pipeline import enabled_stages
+from minirlhf.stage import load_output
 from minirlhf.store import Store
 from tests.conftest import REPO, skip_or_fail_in_ci
 from tests.test_ppo import TINY
@@ -39,19 +37,17 @@ except ImportError as err:  # the `ray` extra (make test installs it)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A Prefect server, and a local Ray instance of 2 CPUs that every flow of this module joins."""
+def ray_cluster(prefect_harness):
+    """A Prefect server (conftest.prefect_harness), and a local Ray instance of 2 CPUs every flow of this module
+    joins."""
     if os.environ.get("CI"):
         try:
             import ray  # noqa: F401
         except ImportError:
             skip_or_fail_in_ci("ray is not installed: make test installs the `ray` extra")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results"),
-                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=120):
-            runner = start_ray(load_config(None, RAY), [])
-            yield
-            runner.__exit__(None, None, None)
+    runner = start_ray(load_config(None, RAY), [])
+    yield
+    runner.__exit__(None, None, None)
 
 
 def stage_rows(root: Path, run_id: str | None = None) -> list[dict]:
@@ -64,33 +60,39 @@ def last_run_id(root: Path) -> str:
     return Store.for_output_dir(root).query("select run_id from runs order by started_at desc limit 1")["run_id"][0]
 
 
+def torch_default_threads() -> int:
+    """The torch threads a fresh process uses here (what `minirlhf run` computed the session's tiny run with)."""
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
 @pytest.fixture(scope="module")
 def ray_run(ray_cluster, tmp_path_factory) -> tuple[PipelineConfig, dict]:
+    """The tiny pipeline (tests/test_ppo.py TINY, the config of the session's `minirlhf run`, conftest.tiny_cli_run)
+    as a flow on Ray. Each task computes with as many torch threads as that local run had: torch's CPU kernels
+    split reductions by thread count (SFT at 1 and at 2 threads differs in the last bits)."""
     from flows.pipeline import rlhf_pipeline
 
-    cfg = load_config(None, TINY + RAY + [f"output_dir={tmp_path_factory.mktemp('ray') / 'artifacts'}"])
+    threads = torch_default_threads()
+    cfg = load_config(None, TINY + RAY + [f"runner.threads_per_cpu={threads}",
+                                          f"output_dir={tmp_path_factory.mktemp('ray') / 'artifacts'}"])
     started = time.perf_counter()
     results = rlhf_pipeline(cfg)
-    print(f"\ntiny pipeline on Ray (2 workers, 1 thread each): {time.perf_counter() - started:.1f} s")
+    print(f"\ntiny pipeline on Ray (2 workers, {threads} torch threads each): {time.perf_counter() - started:.1f} s")
     return cfg, results
 
 
-def test_pipeline_on_ray_equals_the_local_run(ray_run, tmp_path):
+def test_pipeline_on_ray_equals_the_local_run(ray_run, tiny_cli_run):
     cfg, on_ray = ray_run
-    # A Ray task holds 1 CPU and runs torch at 1 thread (runner.threads_per_cpu): the local run at 1 thread too, since
-    # torch's CPU kernels split reductions by thread count (a 2-thread SFT differs in the last bits).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = run_pipeline(cfg.model_copy(update={"output_dir": tmp_path / "local"}))
-    finally:
-        torch.set_num_threads(threads)
+    local_root = tiny_cli_run[0]  # `minirlhf run` of the same config, one stage after another in one process
     stages = list(enabled_stages(cfg))
-    assert list(on_ray) == list(local) == stages
+    assert list(on_ray) == stages
     for stage in stages:  # same key, same content digest (weights, samples, metrics files): one cache for both modes
-        assert (on_ray[stage].key, on_ray[stage].sha256) == (local[stage].key, local[stage].sha256), stage
-    weights = [r.path(root) / "model.safetensors" for r, root in ((on_ray["ppo"], cfg.output_dir),
-                                                                 (local["ppo"], tmp_path / "local"))]
+        local = load_output(local_root / stage / on_ray[stage].key)
+        assert local is not None, f"{stage}: the local run has no output under the Ray run's key"
+        assert on_ray[stage].sha256 == local.sha256, stage
+    weights = [root / "ppo" / on_ray["ppo"].key / "model.safetensors" for root in (cfg.output_dir, local_root)]
     assert weights[0].read_bytes() == weights[1].read_bytes()
     print(f"ppo sha256 (Ray and local): {on_ray['ppo'].sha256}")
 

@@ -75,20 +75,13 @@ def test_sweep_metrics_rows_put_points_at_their_index_and_fits_at_step_zero():
 
 
 @pytest.mark.e2e
-def test_sweep_flow_shares_the_cached_stages_and_stores_points_fit_and_figure(tmp_path):
-    from prefect.settings import (PREFECT_RESULTS_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED,
-                                  temporary_settings)
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_sweep_flow_shares_the_cached_stages_and_stores_points_fit_and_figure(tmp_path, prefect_harness):
     from flows.sweep import overoptimization_sweep
     from minirlhf.store import Store
 
     cfg = load_config(None, TINY + [f"output_dir={tmp_path / 'out'}"])
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "default-results",
-                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=120):
-            result = overoptimization_sweep(cfg, kl_coefs=[0.5, 0.01])
-            again = overoptimization_sweep(cfg, kl_coefs=[0.5, 0.01])
+    result = overoptimization_sweep(cfg, kl_coefs=[0.5, 0.01])
+    again = overoptimization_sweep(cfg, kl_coefs=[0.5, 0.01])
     store = Store.for_output_dir(cfg.output_dir)
     first, second = store.query("select run_id from runs order by started_at")["run_id"]
     stages = store.query("select run_id, stage, cache_hit from stage_runs order by started_at")
