@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from minirlhf.config import PipelineConfig
-from minirlhf.errors import UserError
+from minirlhf.errors import UserError, one_line
 from minirlhf.pipeline import plan, stage_levels, stage_resources
 from minirlhf.stage import StageResult
 from prefect.task_runners import TaskRunner
@@ -111,15 +111,12 @@ def start_ray(cfg: PipelineConfig, stages: list[str]) -> TaskRunner:
     if address not in (None, "auto"):  # ray.init retries an address nobody answers at for minutes: ask first
         problem = unreachable(address)
         if problem:
-            raise RunnerSetupError(f"runner.ray_address={address}: no Ray cluster answers there ({problem}); start "
-                                   "one with `ray start --head`, or fix --ray-address")
+            raise no_cluster(address, problem)
     runner = ray_task_runner(cfg)
     try:
         runner.__enter__()
     except ConnectionError as err:
-        where = cfg.runner.ray_address or "a local instance"
-        raise RunnerSetupError(f"runner.ray_address={where}: no Ray cluster answers there ({first_line(err)}); start "
-                               "one with `ray start --head`, or fix --ray-address") from None
+        raise no_cluster(address or "a local instance", one_line(str(err)) or type(err).__name__) from None
     try:
         check_setup(cfg, stages)
     except BaseException:
@@ -128,11 +125,16 @@ def start_ray(cfg: PipelineConfig, stages: list[str]) -> TaskRunner:
     return runner
 
 
+def no_cluster(address: str, why: str) -> RunnerSetupError:
+    return RunnerSetupError(f"runner.ray_address={address}: no Ray cluster answers there ({why}); start one with "
+                            "`ray start --head`, or fix --ray-address")
+
+
 def unreachable(address: str, timeout_s: float = 5.0) -> str | None:
     """Why nothing answers at a Ray address (`ray://host:10001`, `host:6379`), or None when a TCP connection opens."""
     import socket
 
-    scheme, _, rest = address.rpartition("://")
+    rest = address.rpartition("://")[2]
     host, _, port = rest.rpartition(":")
     try:
         with socket.create_connection((host or rest, int(port)), timeout=timeout_s):
@@ -251,7 +253,3 @@ def ppo_and_eval(runner: TaskRunner | None, cfgs: list[PipelineConfig], shared: 
     evals = collect_all([submit(runner, cfg, plan(cfg, "eval", {**shared, "ppo": ppo}), run_id)
                          for cfg, ppo in zip(cfgs, ppos)])
     return list(zip(ppos, evals))
-
-
-def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -23,8 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from minirlhf.stage import content_digest, sha256_file
-from minirlhf.store import MANIFEST, Store, _jsonable, _now
+from minirlhf.store import Store, _jsonable, _now, artifact_digest
 
 JOURNAL_DIRNAME = "journal"
 DIED = "the worker running it died before the stage finished (journal {path} ends here); a retry resumes it"
@@ -66,8 +65,7 @@ class Journal:
 
     def log_artifact(self, stage_run_id: str, kind: str, path: str | Path, sha256: str | None = None) -> None:
         path = Path(path).resolve()  # the digest is taken here, where the files were written
-        if sha256 is None:
-            sha256 = content_digest(path) if (path / MANIFEST).is_file() else sha256_file(path)
+        sha256 = sha256 or artifact_digest(path, f"artifact {kind!r} of stage run {stage_run_id}")
         self._append("log_artifact", stage_run_id=stage_run_id, kind=kind, path=str(path), sha256=sha256)
 
     def log_samples(self, stage_run_id: str, rows: list[dict], step: int = 0, policy: str | None = None) -> None:

@@ -239,15 +239,11 @@ class Store:
     def log_artifact(self, stage_run_id: str, kind: str, path: str | Path, sha256: str | None = None) -> None:
         """A file: its sha256 and size. A sealed directory: its content digest (minirlhf.stage) and total size."""
         path = Path(path).resolve()
+        sha256 = sha256 or artifact_digest(path, f"artifact {kind!r} of stage run {stage_run_id}")
         if path.is_dir():
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            if sha256 is None:
-                if not (path / MANIFEST).is_file():
-                    raise FileNotFoundError(f"artifact {kind!r}: {path} has no {MANIFEST}; "
-                                            "seal it first (minirlhf.stage)")
-                sha256 = content_digest(path)
         elif path.is_file():
-            size, sha256 = path.stat().st_size, sha256 or sha256_file(path)
+            size = path.stat().st_size
         else:
             raise FileNotFoundError(f"artifact {kind!r} of stage run {stage_run_id}: {path} does not exist")
         with self._write() as con:
@@ -548,6 +544,18 @@ class StoreLogger:
 
     def log_failure_event(self, kind: str, message: str, **kwargs) -> None:
         self.store.log_failure_event(self.stage_run_id, kind, message, **kwargs)
+
+
+def artifact_digest(path: Path, what: str) -> str:
+    """What the artifacts table holds as sha256: a file's, or a sealed directory's content digest (minirlhf.stage).
+    `what` names the artifact in the error."""
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"{what}: {path} has no {MANIFEST}; seal it first (minirlhf.stage)")
+        return content_digest(path)
+    if path.is_file():
+        return sha256_file(path)
+    raise FileNotFoundError(f"{what}: {path} does not exist")
 
 
 # ---- run provenance ----------------------------------------------------------------------------------
