@@ -156,8 +156,8 @@ def check_setup(cfg: PipelineConfig, stages: list[str]) -> None:
         for resource, unit in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
             if asks[resource] > cluster.get(unit, 0.0):
                 raise RunnerSetupError(
-                    f"stage {stage} asks for {asks[resource]:g} {unit}s (runner.resources / ppo.nproc / model.device) "
-                    f"but the Ray cluster has {cluster.get(unit, 0.0):g}: add nodes, or ask for less")
+                    f"stage {stage} asks for {asks[resource]:g} {unit}s (runner.resources / <stage>.nproc / "
+                    f"model.device) but the Ray cluster has {cluster.get(unit, 0.0):g}: add nodes, or ask for less")
     root = Path(cfg.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     token = root / f".probe-{uuid.uuid4().hex[:8]}"

@@ -105,7 +105,22 @@ class ModelConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class SFTConfig(_Section):
+class _DataParallel(_Section):
+    """What a TRL stage adds to run data parallel: N processes under torchrun (minirlhf.launch), accelerate sharing
+    each batch of `batch_size` among them."""
+
+    nproc: int = Field(1, ge=1, description="data-parallel processes (torchrun; gloo on CPU, nccl on GPUs), each "
+                       "taking batch_size / nproc rows of every batch; 1: one process, no launcher")
+
+    @model_validator(mode="after")
+    def _ranks_divide_the_batch(self):
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of nproc ({self.nproc}): each "
+                             "process takes an equal share of every batch")
+        return self
+
+
+class SFTConfig(_DataParallel):
     learning_rate: float = Field(4e-3, gt=0, le=1)
     num_train_epochs: float = Field(6, gt=0)
     max_steps: int = Field(-1, ge=-1, description="optimiser steps; -1: run num_train_epochs")
@@ -116,7 +131,7 @@ class SFTConfig(_Section):
     logging_steps: int = Field(10, ge=1)
 
 
-class RewardConfig(_Section):
+class RewardConfig(_DataParallel):
     labels: Literal["human", "ai"] = Field("human", description="train on the data's preference labels, or on the "
                                            "rlaif stage's AI labels (Constitutional AI's RLAIF; needs rlaif.enabled)")
     learning_rate: float = Field(3e-3, gt=0, le=1)
@@ -195,7 +210,7 @@ class PPOConfig(_Section):
         return self
 
 
-class DPOConfig(_Section):
+class DPOConfig(_DataParallel):
     """The DPO baseline (Rafailov et al. 2023) through TRL's DPOTrainer: the same preference pairs as the reward
     model, the SFT model as the reference, no reward model and no sampling."""
 
@@ -214,7 +229,7 @@ class DPOConfig(_Section):
     logging_steps: int = Field(5, ge=1)
 
 
-class RLOOConfig(_Section):
+class RLOOConfig(_DataParallel):
     """The RLOO baseline (Ahmadian et al. 2024) through TRL's RLOOTrainer: k samples per prompt, each rewarded by
     the reward model (minirlhf.reward.score_texts, as PPO) minus beta * its sequence KL to the SFT model, with the
     mean reward of the other k-1 samples as its baseline; no value model."""

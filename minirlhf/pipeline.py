@@ -33,6 +33,7 @@ from minirlhf.compare import episodes
 from minirlhf.config import BASELINES, PipelineConfig
 from minirlhf.console import print_stage_line, quiet_libraries, stage_failure_line
 from minirlhf.inputs import external_inputs
+from minirlhf.launch import launch
 from minirlhf.stage import StageResult, load_output
 from minirlhf.store import Store, StoreLogger
 
@@ -69,10 +70,11 @@ class Stage:
 
 
 GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold annotator and the facts it reads
-TRAINING = ("training.py", "models.py", "data/task.py", *GOLD)  # what the TRL stages share (task.py imports gold)
+# What the TRL stages share (task.py imports gold; training.py splits a batch over data-parallel ranks).
+TRAINING = ("training.py", "distributed.py", "models.py", "data/task.py", *GOLD)
 # PPO and what watches it: the gold-free signals (hacking.py, ppo/monitor.py); it scores with the ensemble through
 # scoring.py, so the ensemble's training code (ensemble.py, reward.py) stays out of PPO's key.
-WATCHED_PPO = ("ppo/trainer.py", "ppo/distributed.py", "ppo/launch.py", "ppo/monitor.py", "hacking.py", "detect.py")
+WATCHED_PPO = ("ppo/trainer.py", "distributed.py", "ppo/monitor.py", "hacking.py", "detect.py")
 SAMPLING = ("generation.py", "scoring.py", "ppo/core.py", *GOLD)  # sample, score with the RM, score with gold
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -281,12 +283,17 @@ def stage_levels(cfg: PipelineConfig, names: list[str]) -> list[list[str]]:
     return [[n for n in names if level[n] == k] for k in range(max(level.values(), default=-1) + 1)]
 
 
+def stage_nproc(cfg: PipelineConfig, name: str) -> int:
+    """How many processes compute a stage: its section's `nproc` (PPO and the TRL stages), else 1."""
+    return getattr(getattr(cfg, name, None), "nproc", 1)
+
+
 def stage_resources(cfg: PipelineConfig, name: str) -> dict[str, float]:
-    """What a stage's task asks a cluster for: `runner.resources[name]` when given, else 1 CPU; data-parallel PPO
-    one CPU per rank, and one GPU per rank when the model runs on CUDA."""
+    """What a stage's task asks a cluster for: `runner.resources[name]` when given, else 1 CPU; a data-parallel
+    stage one CPU per rank, and one GPU per rank when the model runs on CUDA."""
     if name in cfg.runner.resources:
         return cfg.runner.resources[name].model_dump()
-    ranks = cfg.ppo.nproc if name == "ppo" else 1
+    ranks = stage_nproc(cfg, name)
     return {"num_cpus": float(ranks), "num_gpus": float(ranks) if cfg.model.device == "cuda" else 0.0}
 
 
@@ -313,7 +320,10 @@ def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1,
                 if threads:
                     set_torch_threads(threads)
                 with stage_failure_line(spec.name, attempt), quiet_libraries():
-                    result = compute(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
+                    if (nproc := stage_nproc(spec.cfg, spec.name)) > 1:  # data parallel: ranks under torchrun
+                        result = launch(stage.entry, nproc, spec.cfg, spec.out_dir, logger, spec.inputs, **extra)
+                    else:
+                        result = compute(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
             log_result(logger, spec, result)
     result.run_id = run_id
     print_stage_line(spec.name, result)

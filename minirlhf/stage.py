@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -118,12 +121,27 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 @contextmanager
 def stage_output(out_dir: Path, result: StageResult) -> Iterator[Path]:
-    """`atomic_dir` for a stage: the record is written last inside, so the manifest covers it."""
+    """`atomic_dir` for a stage: the record is written last inside, so the manifest covers it. On a rank > 0 of a
+    data-parallel stage (minirlhf.launch) it is a scratch folder outside the output root, dropped afterwards: the
+    ranks compute alike, rank 0 alone writes the output."""
     result.key = Path(out_dir).name
+    if is_other_rank():
+        with tempfile.TemporaryDirectory(prefix=f"minirlhf-{result.stage}-rank-") as scratch:
+            yield Path(scratch)
+        return
     with atomic_dir(out_dir) as tmp:
         yield tmp
         (tmp / RECORD).write_text(json.dumps(stage_record(result), indent=1))
     result.sha256 = content_digest(out_dir)
+
+
+def is_other_rank() -> bool:
+    """A rank > 0 of a data-parallel stage: its process group's rank, else the RANK torchrun sets. torch is not
+    imported for it (planning and reading outputs never load torch)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() > 0
+    return int(os.environ.get("RANK", "0")) > 0
 
 
 def output_problems(directory: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""What the TRL-based stages (SFT, reward model, and later DPO/RLOO) share: common trainer arguments,
+"""What the TRL-based stages (SFT, reward model, DPO, RLOO, GRPO) share: common trainer arguments,
 forwarding the Trainer's logs to our store, and each stage's progress line (PPO's too: `progress_bar`)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from minirlhf import distributed
 from minirlhf.models import count_parameters, merge_lora
 from minirlhf.stage import MetricLogger
 
@@ -76,7 +77,10 @@ def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
         learning_rate=stage_cfg.learning_rate,
         num_train_epochs=stage_cfg.num_train_epochs,
         max_steps=getattr(stage_cfg, "max_steps", -1),  # a short run on a real model: a step budget, not epochs
-        per_device_train_batch_size=stage_cfg.batch_size,
+        # Data parallel (minirlhf.launch): `batch_size` is the whole batch, each of the ranks takes its share.
+        per_device_train_batch_size=per_rank(stage_cfg.batch_size),
+        # Every parameter of our stages' models takes part in the loss: DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
         warmup_steps=stage_cfg.warmup_ratio,
         weight_decay=stage_cfg.weight_decay,
         lr_scheduler_type="cosine",
@@ -96,6 +100,14 @@ def trainer_common_args(stage_cfg, seed: int, output_dir: Path) -> dict:
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+def per_rank(batch_size: int) -> int:
+    """This process's share of a batch: all of it in one process, batch_size / W on each of W ranks."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of processes ({world})")
+    return batch_size // world
 
 
 def train_and_save(trainer, tokenizer, out_dir: Path):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from minirlhf.config import PipelineConfig
-from minirlhf.ppo import distributed
+from minirlhf import distributed
 from minirlhf.ppo.trainer import PPOTrainer, Rollout, build_trainer, run_ppo
 
 

@@ -147,5 +147,8 @@ def test_stage_resources_from_the_stage_config():
     ddp = load_config(None, ["ppo.nproc=2", "ppo.batch_size=16", "model.device=cuda"])
     assert stage_resources(ddp, "ppo") == {"num_cpus": 2.0, "num_gpus": 2.0}  # one CPU and one GPU per rank
     assert stage_resources(ddp, "dpo") == {"num_cpus": 1.0, "num_gpus": 1.0}
+    sft_ddp = load_config(None, ["sft.nproc=4"])  # a TRL stage: one CPU per rank too
+    assert stage_resources(sft_ddp, "sft") == {"num_cpus": 4.0, "num_gpus": 0.0}
+    assert stage_resources(sft_ddp, "reward") == {"num_cpus": 1.0, "num_gpus": 0.0}
     given = load_config(None, ["runner.resources={eval: {num_cpus: 4, num_gpus: 0.5}}"])
     assert stage_resources(given, "eval") == {"num_cpus": 4.0, "num_gpus": 0.5}

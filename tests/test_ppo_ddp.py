@@ -1,4 +1,4 @@
-"""Our PPO, data parallel over torch.distributed (minirlhf/ppo/distributed.py), on CPU with gloo: the reductions
+"""Our PPO, data parallel over torch.distributed (minirlhf/distributed.py), on CPU with gloo: the reductions
 against one process (fast tier), then W ranks with B/W episodes each against one process with the B episodes (slow
 tier: torchrun with 2 processes on the tiny pipeline's models)."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minirlhf.ppo import core, distributed
+from minirlhf import distributed
+from minirlhf.ppo import core
 
 WORKER = Path(__file__).with_name("ppo_ddp_worker.py")
 REPO = Path(__file__).resolve().parents[1]

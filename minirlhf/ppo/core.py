@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 KLKind = Literal["k1", "k3"]
-# Sums a tensor over the ranks of a data-parallel run (minirlhf.ppo.distributed.all_reduce); None: one process.
+# Sums a tensor over the ranks of a data-parallel run (minirlhf.distributed.all_reduce); None: one process.
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -46,7 +46,7 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> t
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, reduce: Reduce | None = None,
                 count: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of x over masked positions; 0 (never NaN) where there are none.
-    Data parallel (minirlhf.ppo.distributed): `reduce` sums the sum and the count over every rank's share first, so
+    Data parallel (minirlhf.distributed): `reduce` sums the sum and the count over every rank's share first, so
     each rank gets the mean of the whole batch; `count` replaces the denominator (the real tokens of every rank)
     for a loss whose per-rank gradients are summed."""
     if count is None:

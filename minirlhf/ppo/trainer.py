@@ -48,7 +48,8 @@ from minirlhf.generation import (decode_responses, encode_prompts, position_ids_
 from minirlhf.models import (add_lora, disable_dropout, is_peft, load_policy, load_reward_model, merge_lora,
                              resolve_device)
 from minirlhf.hacking import BatchView
-from minirlhf.ppo import core, distributed
+from minirlhf import distributed
+from minirlhf.ppo import core
 from minirlhf.ppo.monitor import HackingMonitor, RewardHackingOnset
 from minirlhf.scoring import Ensemble, conservative_reward, score_texts
 from minirlhf.stage import (MetricLogger, NullLogger, StageResult, atomic_dir, load_output, output_problems,
@@ -101,7 +102,7 @@ class PPOTrainer:
         self.tokenizer, self.rm_tokenizer = tokenizer, rm_tokenizer
         self.prompts = prompts
         self.checkpoint_dir = Path(checkpoint_dir)
-        # Data parallel (minirlhf.ppo.distributed): this rank's rows [lo, hi) of every batch; only rank 0 records.
+        # Data parallel (minirlhf.distributed): this rank's rows [lo, hi) of every batch; only rank 0 records.
         self.lo, self.hi = distributed.shard(self.args.batch_size)
         self.reduce = distributed.reducer()  # None with one process: every statistic as before
         self.logger = (logger or NullLogger()) if distributed.is_main() else NullLogger()
@@ -570,15 +571,11 @@ def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path
     it resumes from the newest valid checkpoint, or starts over, at `retry_lr_scale(cfg, N)` times the learning
     rate. With hacking.rollback, a gold-free warning stops the run and the output is the policy of the last
     checkpoint from before the signals rose (rollback). `inject_nan_at_step` (testing aid; default from
-    $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at that step of a first attempt."""
+    $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at that step of a first attempt. Started as `ppo.nproc` ranks
+    (minirlhf.launch), each rank rolls out its share of the batch and rank 0 writes checkpoints and the output."""
     logger = logger or NullLogger()
     if inject_nan_at_step is None and os.environ.get(TEST_NAN_AT_STEP_ENV):
         inject_nan_at_step = int(os.environ[TEST_NAN_AT_STEP_ENV])
-    if cfg.ppo.nproc > 1 and not distributed.is_distributed():  # data parallel: this process launches the ranks
-        from minirlhf.ppo.launch import launch
-
-        inputs = {"data_dir": data_dir, "sft_dir": sft_dir, "reward_dir": reward_dir, "ensemble_dir": ensemble_dir}
-        return launch(cfg, inputs, out_dir, logger, attempt, inject_nan_at_step)
     started = time.perf_counter()
     trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, checkpoint_dir_for(out_dir), logger,
                             lr_scale=retry_lr_scale(cfg, attempt), ensemble_dir=ensemble_dir)

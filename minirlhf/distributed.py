@@ -1,8 +1,10 @@
-"""Data parallelism for our PPO over torch.distributed: W processes (ranks), each with its share of the batch.
+"""Data parallelism over torch.distributed: W processes (ranks), each with its share of the batch. Every data-parallel
+stage joins the process group here (minirlhf.launch; the TRL stages' accelerate finds it made); our PPO also uses
+the reductions below.
 
 Usage:
-    torchrun --nproc-per-node 2 -m minirlhf.ppo.launch --config run.json     # CPU: gloo; GPUs: nccl
-    from minirlhf.ppo import distributed
+    torchrun --nproc-per-node 2 -m minirlhf.launch SPEC.json     # CPU: gloo; GPUs: nccl
+    from minirlhf import distributed
     distributed.world_size(), distributed.rank(), distributed.is_main()
     lo, hi = distributed.shard(batch_size)              # this rank's episodes of the batch
     advantages = core.masked_whiten(advantages, mask, reduce=distributed.reducer())
@@ -17,12 +19,11 @@ function is the one-process identity, and the trainer computes exactly what it c
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from minirlhf.ppo.core import Reduce
 
 
 def is_distributed() -> bool:
@@ -72,7 +73,7 @@ def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return out
 
 
-def reducer() -> Reduce | None:
+def reducer() -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What core's masked statistics take as `reduce`: None with one process (no work, the same arithmetic)."""
     return all_reduce if is_distributed() else None
 

@@ -1,0 +1,79 @@
+"""The TRL stages data parallel against one process on this machine: each stage with `<stage>.nproc` 1 and N.
+
+Usage:
+    .venv/bin/python bench/stages_ddp.py [--config configs/demo.yaml] [--stages sft,reward,dpo] [--nproc 2] [--set ...]
+
+It reuses (or builds) the stages' upstream in the config's output root, then computes each stage (never a cached
+output: a fresh temporary output root each time) once per process count: the stage's wall time (torchrun start-up,
+model loading and saving included) and the Trainer's own train_runtime and train_samples_per_second, which rank 0
+logged. One process keeps torch's default threads; torchrun gives each rank one thread. Results print as a table
+and are appended to bench/results/stages_ddp.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from minirlhf.config import load_config  # noqa: E402
+from minirlhf.pipeline import STAGES, plan, run_pipeline, run_stage  # noqa: E402
+from minirlhf.store import Store  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--stages", default="sft,reward,dpo")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args()
+    base = load_config(args.config, args.set)
+    stages = args.stages.split(",")
+    upstream = run_pipeline(base, tuple(sorted({u for s in stages for u in STAGES[s].upstream
+                                                if u in ("data", "sft", "reward")})))
+    rows = []
+    for stage in stages:
+        for nproc in (1, args.nproc):
+            section = getattr(base, stage).model_copy(update={"nproc": nproc})
+            with tempfile.TemporaryDirectory() as root:  # the stage's output: never a cached one
+                cfg = base.model_copy(update={"output_dir": Path(root), stage: section})
+                spec = plan(cfg, stage, upstream)  # its output under the temporary root, its inputs under the config's
+                spec.inputs = plan(base.model_copy(update={stage: section}), stage, upstream).inputs
+                store = Store.for_output_dir(root)
+                started = time.perf_counter()
+                with store.run({"bench": "stages_ddp"}) as run_id:
+                    result = run_stage(spec, store, run_id)
+                stage_s = time.perf_counter() - started
+                logged = store.query("select m.name, m.value from metrics m join stage_runs s using (stage_run_id) "
+                                     "where s.run_id = $r and m.name in ($a, $b)",
+                                     {"r": run_id, "a": f"{stage}/train_runtime",
+                                      "b": f"{stage}/train_samples_per_second"})
+            values = dict(zip(logged["name"], logged["value"]))
+            rows.append({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": args.config, "overrides": args.set,
+                         "stage": stage, "nproc": nproc,
+                         "threads_per_process": torch.get_num_threads() if nproc == 1 else 1,
+                         "batch_size": section.batch_size, "steps": result.step, "stage_s": stage_s,
+                         "train_runtime_s": values.get(f"{stage}/train_runtime"),
+                         "samples_per_s": values.get(f"{stage}/train_samples_per_second")})
+        rows[-1]["train_speedup_vs_1"] = rows[-2]["train_runtime_s"] / rows[-1]["train_runtime_s"]
+    for row in rows:
+        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                        if k not in ("when", "overrides", "config")))
+    out = Path(__file__).with_name("results")
+    out.mkdir(exist_ok=True)
+    with open(out / "stages_ddp.jsonl", "a") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
