@@ -54,17 +54,17 @@ def main() -> None:
                 with store.run({"bench": "stages_ddp"}) as run_id:
                     result = run_stage(spec, store, run_id)
                 stage_s = time.perf_counter() - started
+                # the Trainer's summary; the reward stage names its training logs reward/train_<name>
                 logged = store.query("select m.name, m.value from metrics m join stage_runs s using (stage_run_id) "
-                                     "where s.run_id = $r and m.name in ($a, $b)",
-                                     {"r": run_id, "a": f"{stage}/train_runtime",
-                                      "b": f"{stage}/train_samples_per_second"})
-            values = dict(zip(logged["name"], logged["value"]))
+                                     "where s.run_id = $r and (m.name like '%train_runtime' "
+                                     "or m.name like '%train_samples_per_second')", {"r": run_id})
+            values = {("runtime" if name.endswith("runtime") else "samples_per_s"): value
+                      for name, value in zip(logged["name"], logged["value"])}
             rows.append({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": args.config, "overrides": args.set,
                          "stage": stage, "nproc": nproc,
                          "threads_per_process": torch.get_num_threads() if nproc == 1 else 1,
                          "batch_size": section.batch_size, "steps": result.step, "stage_s": stage_s,
-                         "train_runtime_s": values.get(f"{stage}/train_runtime"),
-                         "samples_per_s": values.get(f"{stage}/train_samples_per_second")})
+                         "train_runtime_s": values.get("runtime"), "samples_per_s": values.get("samples_per_s")})
         rows[-1]["train_speedup_vs_1"] = rows[-2]["train_runtime_s"] / rows[-1]["train_runtime_s"]
     for row in rows:
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()

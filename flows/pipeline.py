@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from minirlhf.config import PipelineConfig, load_config
+from minirlhf.console import rollback_summary
 from minirlhf.pipeline import enabled_stages
 from minirlhf.report import ReportFigure, report_of_outputs
 from minirlhf.stage import StageResult
@@ -86,10 +87,9 @@ def summary_markdown(config: PipelineConfig, results: dict[str, StageResult]) ->
         m = results["ppo"].metrics
         lines += ["", f"PPO: {results['ppo'].step} steps, resumed from step {int(m.get('ppo/resumed_from_step', 0))}."]
         if "ppo/warning_step" in m:  # the gold-free reward-hacking warning stopped the run (hacking.rollback)
-            lines += ["", f"**Reward-hacking warning at PPO step {int(m['ppo/warning_step'])}**: the run stopped and "
-                          f"its output is the policy of step {int(m['ppo/rollback_step'])}, from before the signals "
-                          "rose. The `reward_hacking_onset` failure event holds the signals and example samples "
-                          "(dashboard: failures page)."]
+            lines += ["", f"**Gold-free {rollback_summary(m)}** (the checkpoint from before the signals rose). The "
+                          "`reward_hacking_onset` failure event holds the signals and example samples (dashboard: "
+                          "failures page)."]
     lines += ["", f"Store: `{Path(config.output_dir) / 'rlhf.duckdb'}` (`minirlhf query \"select * from metrics\"`)."]
     return "\n".join(lines)
 

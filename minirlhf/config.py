@@ -405,6 +405,9 @@ class HackingConfig(_Section):
     onset_window: int = Field(5, ge=1, description="gold onset: steps in the moving average of gold and proxy")
     rollback: bool = Field(False, description="when the warning fires: stop PPO, record a reward_hacking_onset "
                            "failure event, and output the last checkpoint from before the signals rose")
+    rollback_kl_scale: float | None = Field(None, ge=1, description="after a rollback, train on from that checkpoint "
+                                            "to ppo.steps with kl_coef times this (the warning then stops nothing "
+                                            "more); None: stop at the rollback")
 
     @model_validator(mode="after")
     def _known_signals(self) -> "HackingConfig":

@@ -134,8 +134,7 @@ def stage_line(name: str, result, bar_shown: bool = True) -> str | None:
     if name in ("sweep", "calibration", "compare"):
         return head
     if name == "ppo" and "ppo/warning_step" in m:  # below its progress bar: why it stopped early
-        return (f"! {name:<{NAME_WIDTH}} reward-hacking warning at step {int(m['ppo/warning_step'])}: stopped, "
-                f"rolled back to step {int(m['ppo/rollback_step'])} (failure event reward_hacking_onset)")
+        return f"! {name:<{NAME_WIDTH}} {rollback_summary(m)} (failure event reward_hacking_onset)"
     return None if bar_shown else f"{head}  {result.step} steps"
 
 
@@ -180,6 +179,16 @@ def policy_rows(eval_metrics: dict[str, float]) -> tuple[list[str], list[list[st
     return ["policy"] + [label for _, label, _ in columns], rows
 
 
+def rollback_summary(m: dict[str, float]) -> str:
+    """What the gold-free warning did to a PPO run (hacking.rollback), from its metrics: where it fired, the step it
+    rolled back to, and whether PPO stopped there or trained on with a larger kl_coef (hacking.rollback_kl_scale)."""
+    said = (f"reward-hacking warning at step {int(m['ppo/warning_step'])}: rolled back to step "
+            f"{int(m['ppo/rollback_step'])}")
+    if "ppo/kl_coef_after_rollback" in m:
+        return said + f", then trained on at kl_coef {m['ppo/kl_coef_after_rollback']:.3g}"
+    return said + ", stopped there (the output is that step's policy)"
+
+
 def failure_events(cfg, results: dict) -> list[dict]:
     """The run's failure events: PPO's reward-hacking rollback (from its record, so a reused output shows it too),
     then the eval stage's, from its output (failure_events.json)."""
@@ -187,8 +196,7 @@ def failure_events(cfg, results: dict) -> list[dict]:
     ppo = results["ppo"].metrics if "ppo" in results else {}
     if "ppo/warning_step" in ppo:
         events.append({"policy": "ppo", "kind": "reward_hacking_onset",
-                       "message": f"gold-free warning at step {int(ppo['ppo/warning_step'])}; the output is the "
-                                  f"policy of step {int(ppo['ppo/rollback_step'])}"})
+                       "message": "gold-free " + rollback_summary(ppo)})
     if "eval" not in results:
         return events
     path = results["eval"].path(cfg.output_dir) / "failure_events.json"

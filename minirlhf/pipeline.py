@@ -133,7 +133,7 @@ KEYED_ONLY_BY = {("model", "reward_backbone"): ("reward", "ensemble"),
 
 # The early warning's settings: with hacking.rollback off, PPO computes and logs the signals but the warning stops
 # nothing, so these stay out of its key (a calibration replays any thresholds over the logged signals).
-WARNING_SETTINGS = ("thresholds", "min_signals", "patience", "warmup")
+WARNING_SETTINGS = ("thresholds", "min_signals", "patience", "warmup", "rollback_kl_scale")
 
 
 # ---- the key -----------------------------------------------------------------------------------------------

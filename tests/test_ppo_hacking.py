@@ -121,4 +121,32 @@ def test_a_warning_stops_ppo_and_rolls_back_to_the_checkpoint_before_the_rise(en
 
     assert failure_events(cfg, {"ppo": result}) == [
         {"policy": "ppo", "kind": "reward_hacking_onset",
-         "message": "gold-free warning at step 4; the output is the policy of step 2"}]
+         "message": "gold-free reward-hacking warning at step 4: rolled back to step 2, stopped there (the output "
+                    "is that step's policy)"}]
+
+
+@pytest.mark.slow
+def test_after_a_rollback_ppo_trains_on_with_a_larger_kl_coef(ensemble_root, tmp_path):
+    """hacking.rollback_kl_scale: back to step 2's checkpoint, then steps 3-6 again at 10 x kl_coef; the abandoned
+    steps 3-4 stay in the failure event only, and the checkpoints say so to a resumed run."""
+    cfg, store, result = _ppo(ensemble_root[0], tmp_path, [
+        'hacking.thresholds={"length_drift": -1.0}', "hacking.min_signals=1", "hacking.patience=2",
+        "hacking.warmup=3", "hacking.rollback=true", "hacking.rollback_kl_scale=10", "ppo.checkpoint_every=1",
+        "ppo.keep_checkpoints=6"])
+    base = cfg.ppo.kl_coef
+    assert result.step == cfg.ppo.steps == 6
+    assert (result.metrics["ppo/warning_step"], result.metrics["ppo/rollback_step"]) == (4, 2)
+    assert result.metrics["ppo/kl_coef_after_rollback"] == pytest.approx(10 * base)
+    out = result.path(cfg.output_dir)
+    curve = read_curve(out / CURVE)
+    assert [row["step"] for row in curve] == [1, 2, 3, 4, 5, 6]  # the branch kept: no step twice
+    assert [row["ppo/kl_coef"] for row in curve] == pytest.approx([base, base] + [10 * base] * 4)
+    events = store.query("select step, message, evidence from failure_events")
+    assert events["step"].tolist() == [4]  # the warning acted once; afterwards it is logged only
+    assert "training on to step 6 at kl_coef x 10" in events["message"][0]
+    assert [row["step"] for row in json.loads(events["evidence"][0])["abandoned"]] == [3, 4]
+    logged = store.query("select step, value from metrics where name = 'ppo/kl_coef' order by step")
+    assert logged["value"].tolist() == pytest.approx([base, base] + [10 * base] * 4)  # the store holds the kept branch
+    state = torch.load(checkpoint_dir_for(out) / "step-000006" / "trainer_state.pt", weights_only=True)
+    assert state["rolled_back"] == {"warning_step": 4, "rollback_step": 2}  # a resumed run knows it rolled back
+    assert state["kl_ctl"]["value"] == pytest.approx(10 * base)

@@ -139,6 +139,9 @@ class PPOTrainer:
         self.step = 0
         self.curve: list[dict] = []  # [{'step': 1, 'ppo/kl': ...}, ...], restored on resume
         self.last_good_checkpoint: Path | None = None
+        # {"warning_step", "rollback_step"} once the warning rolled this run back (hacking.rollback_kl_scale: it then
+        # trains on, and the warning stops nothing more); in checkpoints, so a resumed run knows it
+        self.rolled_back: dict[str, int] = {}
         self.inject_nan_at_step: int | None = None  # testing aid: see run_ppo
 
     def lr_lambda(self, step: int) -> float:
@@ -367,6 +370,7 @@ class PPOTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
+            "rolled_back": self.rolled_back,
             **rng_states(),  # this rank's (rank 0's): what one process saves
             "generator": self.generator.get_state(),
             **({"rank_rng": rank_rngs} if rank_rngs and len(rank_rngs) > 1 else {}),
@@ -435,6 +439,7 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.rolled_back = dict(state.get("rolled_back", {}))
         world = distributed.world_size()
         saved_world = len(state.get("rank_rng", [None]))
         if saved_world != world:
@@ -455,7 +460,7 @@ class PPOTrainer:
         with bar:
             while self.step < self.args.steps:
                 metrics = self.train_step()
-                if self.cfg.hacking.rollback and self.monitor.warning.fired_at == self.step:
+                if self.cfg.hacking.rollback and not self.rolled_back and self.monitor.warning.fired_at == self.step:
                     raise self.monitor.onset()
                 if self.step % self.args.checkpoint_every == 0 or self.step == self.args.steps:
                     self.save_checkpoint()
@@ -464,6 +469,20 @@ class PPOTrainer:
                 bar.set_postfix_str(", ".join(f"{k} {v:.2f}" for k, v in shown.items() if v is not None), refresh=False)
                 bar.update(1)
         return {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
+
+    def train_on_after_rollback(self, kl_scale: float) -> dict[str, float]:
+        """After a rollback to a checkpoint: drop the abandoned steps (curve rows and checkpoints past this step),
+        multiply kl_coef by `kl_scale` and train on to `ppo.steps` from the rolled-back policy. A stronger anchor
+        where the weak one let the policy drift (Gao et al. 2023: gold is a function of the KL travelled); the
+        warning is still logged but stops nothing more."""
+        if distributed.is_main():
+            for ckpt in self.checkpoints():
+                if int(ckpt.name.split("-")[1]) > self.step:
+                    shutil.rmtree(ckpt, ignore_errors=True)
+        distributed.barrier()
+        self.curve = [row for row in self.curve if row["step"] <= self.step]
+        self.kl_ctl.value *= kl_scale
+        return self.train()
 
 
 def rng_states() -> dict:
@@ -570,7 +589,8 @@ def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path
     """Train (or resume) PPO and write the final policy to `out_dir`. Attempt N > 1 is a retry after PPOUnstable:
     it resumes from the newest valid checkpoint, or starts over, at `retry_lr_scale(cfg, N)` times the learning
     rate. With hacking.rollback, a gold-free warning stops the run and the output is the policy of the last
-    checkpoint from before the signals rose (rollback). `inject_nan_at_step` (testing aid; default from
+    checkpoint from before the signals rose (rollback); with hacking.rollback_kl_scale too, PPO trains on from that
+    checkpoint to ppo.steps with kl_coef times the scale. `inject_nan_at_step` (testing aid; default from
     $MINIRLHF_TEST_PPO_NAN_AT_STEP) poisons the loss at that step of a first attempt. Started as `ppo.nproc` ranks
     (minirlhf.launch), each rank rolls out its share of the batch and rank 0 writes checkpoints and the output."""
     logger = logger or NullLogger()
@@ -581,16 +601,17 @@ def run_ppo(cfg: PipelineConfig, data_dir: Path, sft_dir: Path, reward_dir: Path
                             lr_scale=retry_lr_scale(cfg, attempt), ensemble_dir=ensemble_dir)
     resumed = trainer.resume()
     trainer.inject_nan_at_step = inject_nan_at_step if attempt == 1 else None
-    onset = None
     try:
         metrics = trainer.train()
     except RewardHackingOnset as warning:
-        onset = warning
         metrics = roll_back(trainer, warning, logger)
+        if cfg.hacking.rollback_kl_scale and trainer.step > 0:  # train on from the checkpoint, anchored harder
+            metrics = trainer.train_on_after_rollback(cfg.hacking.rollback_kl_scale)
     result = StageResult("ppo", metrics={k: float(v) for k, v in metrics.items()}, step=trainer.step)
     result.metrics["ppo/resumed_from_step"] = float(int(resumed.name.split("-")[1]) if resumed else 0)
-    if onset is not None:
-        result.metrics |= {"ppo/warning_step": float(onset.step), "ppo/rollback_step": float(trainer.step)}
+    result.metrics |= {f"ppo/{k}": float(v) for k, v in trainer.rolled_back.items()}  # warning_step, rollback_step
+    if trainer.rolled_back and trainer.step > trainer.rolled_back["rollback_step"]:  # it trained on after the rollback
+        result.metrics["ppo/kl_coef_after_rollback"] = float(trainer.kl_ctl.value)
     if not distributed.is_main():  # the other ranks hold the same weights: rank 0 writes the output
         return result
     with stage_output(out_dir, result) as tmp:
@@ -613,12 +634,19 @@ def roll_back(trainer: PPOTrainer, warning: RewardHackingOnset, logger: MetricLo
     else:  # nothing saved before the rise: the frozen reference is the SFT policy PPO started from
         trainer.policy, trainer.step = trainer.ref_policy, 0
     trainer.curve = curve
+    trainer.rolled_back = {"warning_step": warning.step, "rollback_step": trainer.step}
+    scale = trainer.cfg.hacking.rollback_kl_scale
+    then = (f"; training on to step {trainer.args.steps} at kl_coef x {scale:g}" if scale and earlier else "")
     message = (f"{warning}; phrase spreading: {warning.phrase!r}; rolled back to step {trainer.step}"
-               + ("" if earlier else " (the SFT policy: no checkpoint from before the rise)"))
+               + ("" if earlier else " (the SFT policy: no checkpoint from before the rise)") + then)
     log.warning(message)
+    # the steps rolled back, as the run saw them (a run that trains on replaces them in the curve and the store)
+    abandoned = [{k: row[k] for k in ("step", "ppo/kl", "ppo/proxy_reward", "ppo/gold_reward") if k in row}
+                 for row in curve if row["step"] > trainer.step]
     logger.log_failure_event("reward_hacking_onset", message, step=warning.step, severity="error",
                              evidence={"signals": warning.signals, "rose_at": warning.rose_at,
-                                       "rollback_step": trainer.step, "phrase": warning.phrase},
+                                       "rollback_step": trainer.step, "phrase": warning.phrase,
+                                       "rollback_kl_scale": scale if earlier else None, "abandoned": abandoned},
                              examples=warning.examples)
     kept = next((row for row in curve if row["step"] == trainer.step), {})
     return {k: v for k, v in kept.items() if k != "step"}
