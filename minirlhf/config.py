@@ -140,6 +140,9 @@ class RewardConfig(_DataParallel):
     max_steps: int = Field(-1, ge=-1, description="optimiser steps; -1: run num_train_epochs")
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(128, ge=8)
+    keep_prompt_head: int = Field(0, ge=0, description="a dialogue cut to fit max_length keeps this many tokens of "
+                                  "its start as well as its end (HH-RLHF: the request is often the first turn); "
+                                  "0: cut from the left only")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     logging_steps: int = Field(10, ge=1)

@@ -62,7 +62,7 @@ def run_ensemble(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, rewa
         for i in range(1, cfg.ensemble.members):
             seed = cfg.seed + 1000 * i  # far from the proxy's seed and from any ppo.seed a sweep uses
             tokenizer, model = new_reward_model(cfg, backbone, seed)
-            rows, _, _ = fit_to_length(train, tokenizer, cfg.reward.max_length)
+            rows, _, _ = fit_to_length(train, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
             rows = bootstrap(rows, seed) if cfg.ensemble.bootstrap else rows
             _, _, model = train_reward_model(cfg, model, tokenizer, rows, tmp / f"member-{i}", seed, logger,
                                              result.history, name=f"ensemble/member_{i}",
@@ -71,7 +71,7 @@ def run_ensemble(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, rewa
         if cfg.ensemble.heldout:
             seed = cfg.seed + 999
             tokenizer, model = new_reward_model(cfg, backbone, seed)
-            rows, _, _ = fit_to_length(test, tokenizer, cfg.reward.max_length)
+            rows, _, _ = fit_to_length(test, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
             _, _, model = train_reward_model(cfg, model, tokenizer, rows, tmp / HELDOUT, seed, logger, result.history,
                                              name="ensemble/heldout", epochs=cfg.ensemble.num_train_epochs)
             trained.append((HELDOUT, seed, model, tokenizer, rows))
@@ -90,7 +90,7 @@ def measure_members(cfg: PipelineConfig, reward_dir: Path, trained: list, member
                     test: list[dict]) -> dict[str, float]:
     """How much the members (the proxy included) agree on the held-out pairs, and how accurate each is."""
     tokenizer, proxy = load_reward_model(str(reward_dir))
-    rows, _, _ = fit_to_length(test, tokenizer, cfg.reward.max_length)
+    rows, _, _ = fit_to_length(test, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
     scores, accuracies = [], []

@@ -145,8 +145,8 @@ def run_reward(cfg: PipelineConfig, data_dir: Path, sft_dir: Path | None, out_di
     train = read_jsonl((Path(rlaif_dir) if cfg.reward.labels == "ai" else data_dir) / "pairs_train.jsonl")
     test = read_jsonl(data_dir / "pairs_test.jsonl")
     tokenizer, model = new_reward_model(cfg, _backbone(cfg, Path(sft_dir) if sft_dir else None), cfg.seed)
-    train, n_truncated, n_dropped = fit_to_length(train, tokenizer, cfg.reward.max_length)
-    test, _, n_test_dropped = fit_to_length(test, tokenizer, cfg.reward.max_length)
+    train, n_truncated, n_dropped = fit_to_length(train, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
+    test, _, n_test_dropped = fit_to_length(test, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
     result = StageResult("reward", "", "")
     with stage_output(out_dir, result) as tmp:
         output, trainable, model = train_reward_model(cfg, model, tokenizer, train, tmp, cfg.seed, logger,

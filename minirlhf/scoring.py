@@ -62,10 +62,12 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batc
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def fit_to_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int, int]:
+def fit_to_length(rows: list[dict], tokenizer, max_length: int, keep_head: int = 0) -> tuple[list[dict], int, int]:
     """Make every pair fit `max_length` tokens (with EOS) by cutting its prompt from the left, so long
-    dialogues keep their last turns instead of being dropped by RewardTrainer's length filter.
-    Pairs whose response alone is too long are dropped. Returns (rows, n_truncated, n_dropped)."""
+    dialogues keep their last turns instead of being dropped by RewardTrainer's length filter. `keep_head` > 0
+    keeps that many tokens of the prompt's start too, joined to its end by " ... " (on HH-RLHF the harmful request
+    is often the first turn, which a cut from the left drops). Pairs whose response alone is too long are dropped.
+    Returns (rows, n_truncated, n_dropped)."""
     kept, truncated, dropped = [], 0, 0
     budget = max_length - 3  # room for EOS and a backbone's own special tokens ([CLS], [SEP])
     for row in rows:
@@ -76,10 +78,22 @@ def fit_to_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[di
             dropped += 1
             continue
         if len(prompt_ids) + response_len > budget:
-            row = {**row, "prompt": tokenizer.decode(prompt_ids[len(prompt_ids) + response_len - budget :])}
+            row = {**row, "prompt": cut_prompt(prompt_ids, budget - response_len, keep_head, tokenizer)}
             truncated += 1
         kept.append(row)
     return kept, truncated, dropped
+
+
+def cut_prompt(prompt_ids: list[int], room: int, keep_head: int, tokenizer) -> str:
+    """A prompt of `prompt_ids` in about `room` tokens: its last `room` tokens, or with `keep_head` (when `room`
+    holds twice that: the end, which the response answers, matters more), its first `keep_head` tokens, " ... ",
+    and as many of its last tokens as still fit."""
+    head = keep_head if room >= 2 * keep_head else 0
+    if head <= 0:
+        return tokenizer.decode(prompt_ids[len(prompt_ids) - room :])
+    gap = " ... "
+    tail = room - head - len(tokenizer(gap, add_special_tokens=False)["input_ids"]) - 2  # 2: re-tokenising slack
+    return tokenizer.decode(prompt_ids[:head]) + gap + tokenizer.decode(prompt_ids[len(prompt_ids) - max(tail, 0) :])
 
 
 # ---- the reward-model ensemble, as PPO scores with it (trained by minirlhf/ensemble.py) --------------------------

@@ -20,7 +20,7 @@ from minirlhf.data.hh import (
     train_test_split_by_rows,
 )
 from tests.conftest import SHARED_HH_FILE as SHARED_FILE
-from tests.conftest import require_shared_hh
+from tests.conftest import require_real_model, require_shared_hh
 
 BAD_ROWS = Path(__file__).resolve().parent / "fixtures" / "hh" / "bad_rows.jsonl"
 
@@ -267,3 +267,37 @@ def test_records_feed_datasets_and_the_split_is_by_file_order(shared_hh):
     for n_train in (0, 1800):
         with pytest.raises(ValueError, match="data.hh_n_train"):
             train_test_split_by_rows(loaded.pairs, n_train)
+
+
+def test_a_long_dialogue_cut_to_fit_keeps_its_first_turn_with_keep_head(shared_hh):
+    """fit_to_length on real HH dialogues and MiniLM's tokenizer: cut from the left by default; with keep_head the
+    cut prompt starts as the dialogue starts (the first Human turn) and still ends as it ends, within max_length."""
+    from minirlhf.models import load_reward_model
+    from minirlhf.scoring import fit_to_length
+
+    require_real_model("minilm")
+    tokenizer, _ = load_reward_model("minilm")
+    rows = to_records(load_hh(SHARED_FILE).pairs[:200])
+    left, n_left, _ = fit_to_length(rows, tokenizer, 128)
+    headed, n_headed, _ = fit_to_length(rows, tokenizer, 128, keep_head=32)
+    assert n_left == n_headed > 10  # the same dialogues are too long either way
+    by_row = {r["source_row"]: r for r in rows}
+    cut = [(by_row[a["source_row"]], a, b) for a, b in zip(left, headed)
+           if a["prompt"] != by_row[a["source_row"]]["prompt"]]
+    assert len(cut) == n_left
+    headed_cuts = 0
+    for original, from_left, with_head in cut:
+        ids = tokenizer(original["prompt"], add_special_tokens=False)["input_ids"]
+        end = tokenizer.decode(ids)[-12:].strip()  # "assistant :": the turn the response answers
+        assert not from_left["prompt"].startswith(tokenizer.decode(ids[:8])) and from_left["prompt"].endswith(end)
+        if with_head["prompt"] != from_left["prompt"]:  # room for twice the head: start and end both kept
+            headed_cuts += 1
+            assert with_head["prompt"].startswith(tokenizer.decode(ids[:32])) and " ... " in with_head["prompt"]
+            assert with_head["prompt"].endswith(end)
+    assert headed_cuts > len(cut) / 2
+    # within the budget as the left cut is ([CLS] prompt response [SEP]; text re-tokenised across the cut and the
+    # prompt/response boundary may take a token or two more than the ids it was decoded from)
+    def longest(pairs):
+        return max(len(tokenizer(p["prompt"] + p[k])["input_ids"]) for p in pairs for k in ("chosen", "rejected"))
+
+    assert longest(headed) <= longest(left) <= 128 + 2
