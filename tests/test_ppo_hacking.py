@@ -49,6 +49,10 @@ def ensemble_root(tmp_path_factory):
     return root, results
 
 
+def state_of(checkpoint) -> dict:
+    return torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+
+
 def _ppo(root, tmp_path, extra=()):
     out = tmp_path / "run"
     shutil.copytree(root, out, ignore=shutil.ignore_patterns("rlhf.duckdb*"))
@@ -147,6 +151,8 @@ def test_after_a_rollback_ppo_trains_on_with_a_larger_kl_coef(ensemble_root, tmp
     assert [row["step"] for row in json.loads(events["evidence"][0])["abandoned"]] == [3, 4]
     logged = store.query("select step, value from metrics where name = 'ppo/kl_coef' order by step")
     assert logged["value"].tolist() == pytest.approx([base, base] + [10 * base] * 4)  # the store holds the kept branch
-    state = torch.load(checkpoint_dir_for(out) / "step-000006" / "trainer_state.pt", weights_only=True)
-    assert state["rolled_back"] == {"warning_step": 4, "rollback_step": 2}  # a resumed run knows it rolled back
-    assert state["kl_ctl"]["value"] == pytest.approx(10 * base)
+    for step in (2, 6):  # step 2 rewritten as the run trained on from it: a retry resumes in that phase
+        state = torch.load(checkpoint_dir_for(out) / f"step-{step:06d}" / "trainer_state.pt", weights_only=True)
+        assert state["rolled_back"] == {"warning_step": 4, "rollback_step": 2}  # a resumed run knows it rolled back
+        assert state["kl_ctl"]["value"] == pytest.approx(10 * base)
+    assert state_of(checkpoint_dir_for(out) / "step-000002")["optimizer"]["state"] == {}  # fresh moments from there

@@ -482,6 +482,11 @@ class PPOTrainer:
         distributed.barrier()
         self.curve = [row for row in self.curve if row["step"] <= self.step]
         self.kl_ctl.value *= kl_scale
+        # A new objective: Adam's moments measured the old one's gradients, and the first gradients of the new one
+        # (a larger KL penalty, new returns for the value head) divided by those small second moments gave steps
+        # many times the usual size (2026-12-05: approxkl 1.6 at the first step on, at any learning-rate scale).
+        self.optimizer.state.clear()
+        self.save_checkpoint()  # the step rolled back to, as trained on from: a retry resumes in this phase
         return self.train()
 
 
