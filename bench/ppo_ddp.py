@@ -12,7 +12,6 @@ each rank one thread. Results print as a table and are appended to bench/results
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,8 @@ import torch  # noqa: E402
 from minirlhf.config import load_config  # noqa: E402
 from minirlhf.pipeline import plan, run_pipeline, run_stage  # noqa: E402
 from minirlhf.store import Store  # noqa: E402
+
+from _results import record  # noqa: E402  (bench/_results.py: run as `python bench/<name>.py`)
 
 
 def main() -> None:
@@ -64,13 +65,7 @@ def main() -> None:
                      "update_s": statistics.median(per_step["ppo/time/update_s"].tolist()),
                      "episodes_per_s": cfg.ppo.batch_size / step_s, "loadavg_before": loadavg_before})
     rows[-1]["speedup_vs_1"] = rows[0]["step_s"] / rows[-1]["step_s"]
-    for row in rows:
-        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                        if k not in ("when", "overrides")))
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    with open(out / "ppo_ddp.jsonl", "a") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    record("ppo_ddp", rows)
 
 
 if __name__ == "__main__":

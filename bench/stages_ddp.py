@@ -13,7 +13,6 @@ and are appended to bench/results/stages_ddp.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import torch  # noqa: E402
 from minirlhf.config import load_config  # noqa: E402
 from minirlhf.pipeline import STAGES, plan, run_pipeline, run_stage  # noqa: E402
 from minirlhf.store import Store  # noqa: E402
+
+from _results import record  # noqa: E402  (bench/_results.py: run as `python bench/<name>.py`)
 
 
 def main() -> None:
@@ -66,13 +67,7 @@ def main() -> None:
                          "batch_size": section.batch_size, "steps": result.step, "stage_s": stage_s,
                          "train_runtime_s": values.get("runtime"), "samples_per_s": values.get("samples_per_s")})
         rows[-1]["train_speedup_vs_1"] = rows[-2]["train_runtime_s"] / rows[-1]["train_runtime_s"]
-    for row in rows:
-        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                        if k not in ("when", "overrides", "config")))
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    with open(out / "stages_ddp.jsonl", "a") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    record("stages_ddp", rows, hidden=("when", "overrides", "config"))
 
 
 if __name__ == "__main__":
