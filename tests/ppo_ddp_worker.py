@@ -77,3 +77,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave the process group before the interpreter exits: a gloo group torn down at exit can abort a rank after
+    # its work is done ("terminate called without an active exception", seen once in CI on 2026-12-05), as
+    # minirlhf.launch.main does.
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
