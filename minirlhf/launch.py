@@ -17,7 +17,6 @@ checkpoint as with one process; a rank killed outright fails the launch, and a r
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -44,14 +43,14 @@ def unstable_path(spec: Path) -> Path:
     return spec.with_name(spec.name.replace(SPEC_SUFFIX, UNSTABLE_SUFFIX))
 
 
-def launch(entry: str, nproc: int, cfg: PipelineConfig, out_dir: Path, logger: MetricLogger,
+def launch(stage: str, nproc: int, cfg: PipelineConfig, out_dir: Path, logger: MetricLogger,
            inputs: dict[str, Path | None], **kwargs) -> StageResult:
-    """Run the stage function `entry` ("module:function") as `nproc` ranks under torchrun, each called with
+    """Run the function of `stage` (minirlhf.pipeline.STAGES) as `nproc` ranks under torchrun, each called with
     (cfg, out_dir=..., logger=..., **inputs, **kwargs), and return the output rank 0 wrote."""
     spec = spec_path(out_dir)
     store = getattr(logger, "store", None)
     spec.write_text(json.dumps({
-        "entry": entry, "config": cfg.model_dump(mode="json"), "out_dir": str(Path(out_dir).resolve()),
+        "stage": stage, "config": cfg.model_dump(mode="json"), "out_dir": str(Path(out_dir).resolve()),
         "inputs": {k: str(v) if v else None for k, v in inputs.items()}, "kwargs": kwargs,
         "store": {"path": str(store.path), "lock_timeout_s": store.lock_timeout_s,
                   "journal": isinstance(store, Journal),  # a Ray worker's stage records to its journal
@@ -69,7 +68,6 @@ def launch(entry: str, nproc: int, cfg: PipelineConfig, out_dir: Path, logger: M
         saved = json.loads(unstable.read_text())
         raise PPOUnstable(saved["cause"], saved["step"], Path(saved["checkpoint"]) if saved["checkpoint"] else None,
                           saved["detail"])
-    stage = entry.rsplit(":", 1)[1].removeprefix("run_")
     if done.returncode != 0:
         raise RuntimeError(f"data-parallel {stage}: torchrun with {nproc} processes exited with status "
                            f"{done.returncode} (a rank failed or was killed; its error is above); a retry "
@@ -84,6 +82,7 @@ def main(spec_file: str) -> None:
     import torch.distributed as dist
 
     from minirlhf import distributed
+    from minirlhf.pipeline import STAGES  # here: the pipeline imports this module
     from minirlhf.store import Store, StoreLogger
 
     spec = json.loads(Path(spec_file).read_text())
@@ -93,8 +92,7 @@ def main(spec_file: str) -> None:
         where = spec["store"]
         store = Journal(where["path"]) if where["journal"] else Store(where["path"], where["lock_timeout_s"])
         logger = StoreLogger(store, where["stage_run_id"])
-    module, name = spec["entry"].split(":")
-    function = getattr(importlib.import_module(module), name)
+    function = STAGES[spec["stage"]].function()
     inputs = {k: Path(v) if v else None for k, v in spec["inputs"].items()}
     try:
         with quiet_libraries():  # as run_stage does around a stage in its own process

@@ -321,7 +321,7 @@ def run_stage(spec: StageSpec, store: Store, run_id: str, attempt: int = 1,
                     set_torch_threads(threads)
                 with stage_failure_line(spec.name, attempt), quiet_libraries():
                     if (nproc := stage_nproc(spec.cfg, spec.name)) > 1:  # data parallel: ranks under torchrun
-                        result = launch(stage.entry, nproc, spec.cfg, spec.out_dir, logger, spec.inputs, **extra)
+                        result = launch(spec.name, nproc, spec.cfg, spec.out_dir, logger, spec.inputs, **extra)
                     else:
                         result = compute(spec.cfg, out_dir=spec.out_dir, logger=logger, **spec.inputs, **extra)
             log_result(logger, spec, result)
