@@ -143,6 +143,12 @@ class RewardConfig(_DataParallel):
     keep_prompt_head: int = Field(0, ge=0, description="a dialogue cut to fit max_length keeps this many tokens of "
                                   "its start as well as its end (HH-RLHF: the request is often the first turn); "
                                   "0: cut from the left only")
+    pooling: Literal["default", "response_mean"] = Field(
+        "default", description="where the score is read: 'default' as the backbone does (GPT-2/Llama: the last "
+        "token; BERT: the [CLS] pooler); 'response_mean' (BERT-family backbones): the mean of the tokens after the "
+        "last reward.response_marker (minirlhf/pooling.py)")
+    response_marker: str = Field("Assistant:", min_length=1, description="the text that opens the scored response "
+                                 "(HH-RLHF: 'Assistant:'), for pooling: response_mean")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     logging_steps: int = Field(10, ge=1)

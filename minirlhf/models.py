@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from minirlhf.config import LoRAConfig, TinyModelConfig
+from minirlhf.pooling import load_response_mean  # also registers the response-mean class with the Auto classes
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -166,16 +167,23 @@ def load_policy(name: str, gguf_file: str | None = None,
     return tokenizer, model
 
 
-def load_reward_model(name: str, gguf_file: str | None = None,
-                      trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+def load_reward_model(name: str, gguf_file: str | None = None, trust_remote_code: bool = False,
+                      pooling: str = "default",
+                      response_marker: str = "Assistant:") -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """A sequence classifier with one output (a scalar reward), from any backbone: an SFT checkpoint,
-    a hub id, a directory, or 'minilm'. The score head is new unless the checkpoint already has one."""
+    a hub id, a directory, or 'minilm'. The score head is new unless the checkpoint already has one.
+    `pooling='response_mean'` (BERT-family backbones, minirlhf/pooling.py) scores the mean of the tokens after the
+    last `response_marker`; a saved checkpoint pools as its config says, whatever `pooling` is."""
     source, gguf = resolve_source(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs
-    )
+    if pooling == "response_mean":
+        marker_ids = tokenizer(response_marker, add_special_tokens=False)["input_ids"]
+        model = load_response_mean(source, marker_ids, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs
+        )
     forget_gguf_origin(model)
     prepare_tokenizer(tokenizer, model)
     return tokenizer, model

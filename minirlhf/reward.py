@@ -98,7 +98,8 @@ def _backbone(cfg: PipelineConfig, sft_dir: Path) -> str:
 def new_reward_model(cfg: PipelineConfig, backbone: str, seed: int):
     """(tokenizer, model): `backbone` with a new score head initialised from `seed`, whatever ran before."""
     set_seed(seed)
-    return load_reward_model(backbone, cfg.model.gguf_file)
+    return load_reward_model(backbone, cfg.model.gguf_file, pooling=cfg.reward.pooling,
+                             response_marker=cfg.reward.response_marker)
 
 
 def train_reward_model(cfg: PipelineConfig, model, tokenizer, train: list[dict], out_dir: Path, seed: int,
