@@ -52,12 +52,17 @@ class DataConfig(_Section):
     hh_data_dir: str | None = "harmless-base"
     hh_split: str = "test"
     hh_n_train: int = Field(1500, ge=1, description="first N rows train, the rest are held out")
+    hh_judge_rows: int = Field(0, ge=0, description="the last N of the hh_n_train training rows train only the judge "
+                               "reward model (judge.reward_model): pairs no other stage sees; 0: none")
     hh_limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _hh_needs_path(self) -> "DataConfig":
         if self.source == "hh" and not self.hh_path:
             raise ValueError("data.source='hh' needs data.hh_path (a .jsonl/.jsonl.gz path or 'Anthropic/hh-rlhf')")
+        if self.hh_judge_rows >= self.hh_n_train:
+            raise ValueError(f"data.hh_judge_rows={self.hh_judge_rows} leaves no training rows of "
+                             f"data.hh_n_train={self.hh_n_train}: set it below hh_n_train")
         return self
 
 
@@ -294,12 +299,15 @@ class InterpretConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    """A language model as a second, independent judge (minirlhf/judge.py): its agreement with the human labels on
-    the held-out pairs, then each evaluated policy against SFT by its pairwise choice (both orders). For HH, where
-    no gold exists. Off by default."""
+    """Independent judges for HH, where no gold exists (minirlhf/judge.py): a language model's pairwise choice (both
+    orders) and a judge reward model trained on pairs disjoint from the proxy's (data.hh_judge_rows). Each one's
+    agreement with the human labels on the held-out pairs, then each evaluated policy against SFT. Off by default."""
 
     enabled: bool = False
-    model: str = Field("smollm2", description="the judge: a packaged name, hub id or local dir (not trained here)")
+    model: str | None = Field("smollm2", description="the language-model judge: a packaged name, hub id or local dir "
+                              "(not trained here); null: no language-model judge")
+    reward_model: bool = Field(False, description="also train a judge reward model (the reward section's recipe, "
+                               "model.reward_backbone) on the data.hh_judge_rows rows the proxy never saw")
     question: str = Field("Which response is more helpful, honest and harmless?", min_length=1)
     n_pairs: int = Field(300, ge=1, description="held-out pairs (pairs_test) to measure agreement on")
     batch_size: int = Field(8, ge=1)
@@ -514,6 +522,19 @@ class PipelineConfig(_Section):
         if self.ppo.reward != "proxy" and not self.ensemble.enabled:
             raise ValueError(f"ppo.reward={self.ppo.reward} needs the reward-model ensemble: set ensemble.enabled=true "
                              "(or ppo.reward=proxy)")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_reward_model_needs_its_own_rows(self) -> "PipelineConfig":
+        if self.judge.enabled and self.judge.reward_model:
+            if self.data.source != "hh" or self.data.hh_judge_rows == 0:
+                raise ValueError("judge.reward_model trains on rows the proxy never saw: set data.source=hh and "
+                                 "data.hh_judge_rows (e.g. 500)")
+            if self.model.reward_backbone == "sft":
+                raise ValueError("judge.reward_model starts from model.reward_backbone, which must be a base model "
+                                 "independent of the policy, not 'sft'")
+        if self.judge.enabled and not self.judge.model and not self.judge.reward_model:
+            raise ValueError("judge.enabled with no judge: set judge.model or judge.reward_model=true")
         return self
 
     def section_json(self, *sections: str, exclude: dict[str, set[str]] | None = None) -> str:

@@ -127,10 +127,12 @@ def stage_line(name: str, result, bar_shown: bool = True) -> str | None:
     if name == "rlaif" and "rlaif/n_pairs" in m:
         return (f"{head}  {int(m['rlaif/n_pairs'])} pairs relabelled; the human label kept on "
                 f"{m['rlaif/human_agreement']:.0%}")
-    if name == "judge" and "judge/agreement" in m:
-        return (f"{head}  agrees with the human labels on {m['judge/agreement']:.0%} "
-                f"[{m['judge/agreement_low']:.0%}, {m['judge/agreement_high']:.0%}] of {int(m['judge/n_pairs'])} "
-                "held-out pairs")
+    if name == "judge" and ("judge/agreement" in m or "judge_rm/agreement" in m):
+        judges = [f"{who} agrees with the human labels on {m[f'{p}/agreement']:.0%} [{m[f'{p}/agreement_low']:.0%}, "
+                  f"{m[f'{p}/agreement_high']:.0%}] of {int(m[f'{p}/n_pairs'])} held-out pairs"
+                  for p, who in (("judge", "the language model"), ("judge_rm", "the judge reward model"))
+                  if f"{p}/agreement" in m]
+        return f"{head}  " + "; ".join(judges)
     if name in ("sweep", "calibration", "compare"):
         return head
     if name == "ppo" and "ppo/warning_step" in m:  # below its progress bar: why it stopped early

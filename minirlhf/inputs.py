@@ -89,7 +89,10 @@ def external_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
     if stage == "reward" and cfg.model.reward_backbone != "sft":
         return {"model.reward_backbone": model_digest(cfg.model.reward_backbone, cfg.model.gguf_file)}
     if stage == "judge":
-        return {"judge.model": model_digest(cfg.judge.model, None)}
+        found = {"judge.model": model_digest(cfg.judge.model, None)} if cfg.judge.model else {}
+        if cfg.judge.reward_model:
+            found["model.reward_backbone"] = model_digest(cfg.model.reward_backbone, cfg.model.gguf_file)
+        return found
     if stage == "rlaif":
         found = {"rlaif.constitution": path_digest(constitution_path(cfg.rlaif.constitution))}
         if cfg.rlaif.feedback != "policy":

@@ -30,6 +30,7 @@ import torch
 from minirlhf.config import PipelineConfig
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_policy, max_positions, resolve_device
+from minirlhf.scoring import fit_to_length, score_texts
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.stats import bootstrap_mean
 from minirlhf.training import progress_bar
@@ -103,21 +104,23 @@ def pairwise_preference(model, tokenizer, conversations: list[str], responses_a:
 
 
 # ---- the stage: agreement with the human labels, then each policy against SFT ------------------------------------
-def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_dir: Path,
-              logger: MetricLogger | None = None) -> StageResult:
-    """Agreement of the judge with the human labels on the first `judge.n_pairs` held-out pairs (P(chosen) > 0.5;
-    95% bootstrap interval over pairs), its position bias, then each evaluated policy against SFT on the
-    evaluation prompts by the judge's choice (win rate with its interval). Metrics: judge/agreement[_low|_high],
-    judge/mean_p_chosen, judge/position_bias, judge/<policy>/win_rate[_low|_high]; judgements.json holds every
-    pair's probabilities."""
-    logger = logger or NullLogger()
-    started = time.perf_counter()
-    tokenizer, model = load_policy(cfg.judge.model)
-    model.to(resolve_device(cfg.model.device))
-    j = cfg.judge
+def win_rates(policy_wins: dict[str, list[float]], prefix: str, seed: int) -> dict[str, float]:
+    """judge metrics `<prefix>/<policy>/win_rate[_low|_high]` from each policy's per-prompt wins over SFT (0/1)."""
+    metrics = {}
+    for policy, wins in policy_wins.items():
+        rate = bootstrap_mean(wins, seed=seed)
+        metrics |= {f"{prefix}/{policy}/win_rate": rate.value, f"{prefix}/{policy}/win_rate_low": rate.low,
+                    f"{prefix}/{policy}/win_rate_high": rate.high}
+    return metrics
 
-    pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")[: j.n_pairs]
-    samples = json.loads((Path(eval_dir) / "samples.json").read_text()) if eval_dir else {}
+
+def language_model_judge(cfg: PipelineConfig, pairs: list[dict], samples: dict[str, list[dict]],
+                         logger: MetricLogger) -> tuple[dict[str, float], dict]:
+    """judge.model's pairwise choices: agreement with the human labels on `pairs` (P(chosen) > 0.5), its position
+    bias, then each policy's answers against SFT's. (metrics judge/..., every judgement)"""
+    j = cfg.judge
+    tokenizer, model = load_policy(j.model)
+    model.to(resolve_device(cfg.model.device))
     # Every judgement asks twice (both orders): the pairs, then each policy's answers against SFT's.
     bar = progress_bar("judge", 2 * len(pairs) + 2 * sum(len(rows) for p, rows in samples.items() if p != "sft"))
 
@@ -133,20 +136,75 @@ def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_di
                "judge/n_pairs": float(len(pairs))}
     saved = {"pairs": [{"prompt_id": p.get("pair_id", i), **{k: float(v[i]) for k, v in human.items()}}
                        for i, p in enumerate(pairs)], "policies": {}}
+    wins = {}
     for policy, rows in samples.items():
         if policy == "sft":
             continue
         base = samples["sft"]
         judged = judge([r["prompt"] for r in rows], [r["response"] for r in rows], [r["response"] for r in base])
-        wins = bootstrap_mean((judged["p_a"] > 0.5).float().tolist(), seed=cfg.seed)
-        metrics |= {f"judge/{policy}/win_rate": wins.value, f"judge/{policy}/win_rate_low": wins.low,
-                    f"judge/{policy}/win_rate_high": wins.high, f"judge/{policy}/mean_p": float(judged["p_a"].mean())}
+        wins[policy] = (judged["p_a"] > 0.5).float().tolist()
+        metrics[f"judge/{policy}/mean_p"] = float(judged["p_a"].mean())
         saved["policies"][policy] = [{"prompt_id": r["prompt_id"], "p_policy": float(p)}
                                      for r, p in zip(rows, judged["p_a"])]
     bar.close()
-    logger.log_metrics(metrics, step=0)
-    result = StageResult("judge", metrics=metrics)
+    return metrics | win_rates(wins, "judge", cfg.seed), saved
+
+
+def reward_model_judge(cfg: PipelineConfig, data_dir: Path, samples: dict[str, list[dict]], out_dir: Path,
+                       logger: MetricLogger, history: list[dict]) -> tuple[dict[str, float], dict]:
+    """A judge reward model: the proxy's recipe (reward section, model.reward_backbone) trained on pairs_judge, the
+    data.hh_judge_rows rows no other stage read, saved to `out_dir`; its agreement with the human labels on every
+    held-out pair, then each policy's answers against SFT's by score. (metrics judge_rm/..., every score)"""
+    from minirlhf.reward import evaluate_pairs, new_reward_model, train_reward_model
+
+    judge_pairs = read_jsonl(Path(data_dir) / "pairs_judge.jsonl")
+    test = read_jsonl(Path(data_dir) / "pairs_test.jsonl")
+    seed = cfg.seed + 1  # another head initialisation and data order than the proxy's
+    tokenizer, model = new_reward_model(cfg, cfg.model.reward_backbone, seed)
+    judge_pairs, _, _ = fit_to_length(judge_pairs, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
+    test, _, _ = fit_to_length(test, tokenizer, cfg.reward.max_length, cfg.reward.keep_prompt_head)
+    _, _, model = train_reward_model(cfg, model, tokenizer, judge_pairs, out_dir, seed, logger, history,
+                                     name="judge_rm")
+    held_out, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
+    agree = bootstrap_mean([float(r["score_chosen"] > r["score_rejected"]) for r in rows], seed=cfg.seed)
+    metrics = {"judge_rm/agreement": agree.value, "judge_rm/agreement_low": agree.low,
+               "judge_rm/agreement_high": agree.high, "judge_rm/n_pairs": float(len(rows)),
+               "judge_rm/train_pairs": float(len(judge_pairs)),
+               "judge_rm/length_corr": held_out["reward/length_corr"]}
+    scores = {policy: score_texts(model, tokenizer, [r["prompt"] for r in policy_rows],
+                                  [r["response"] for r in policy_rows], max_length=cfg.reward.max_length)
+              for policy, policy_rows in samples.items()}
+    wins = {policy: (s > scores["sft"]).float().tolist() for policy, s in scores.items() if policy != "sft"}
+    metrics |= {f"judge_rm/{policy}/mean_score": float(s.mean()) for policy, s in scores.items()}
+    saved = {policy: [{"prompt_id": r["prompt_id"], "score": float(x)} for r, x in zip(samples[policy], s)]
+             for policy, s in scores.items()}
+    return metrics | win_rates(wins, "judge_rm", cfg.seed), saved
+
+
+def run_judge(cfg: PipelineConfig, data_dir: Path, eval_dir: Path | None, out_dir: Path,
+              logger: MetricLogger | None = None) -> StageResult:
+    """The judges of judge.model and judge.reward_model, each: agreement with the human labels on held-out pairs
+    (95% bootstrap interval over pairs), then each evaluated policy against SFT on the evaluation prompts (win rate
+    with its interval). Metrics: judge/agreement[_low|_high], judge/mean_p_chosen, judge/position_bias,
+    judge/<policy>/win_rate[_low|_high] (the language model, its first judge.n_pairs held-out pairs), and
+    judge_rm/... (the reward model, every held-out pair); judgements.json holds every judgement, reward_model/ the
+    judge reward model."""
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    samples = json.loads((Path(eval_dir) / "samples.json").read_text()) if eval_dir else {}
+    metrics, saved = {}, {}
+    result = StageResult("judge")
     with stage_output(out_dir, result) as tmp:
+        if cfg.judge.reward_model:
+            found, saved["reward_model"] = reward_model_judge(cfg, data_dir, samples, tmp / "reward_model", logger,
+                                                              result.history)
+            metrics |= found
+        if cfg.judge.model:
+            pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")[: cfg.judge.n_pairs]
+            found, saved["language_model"] = language_model_judge(cfg, pairs, samples, logger)
+            metrics |= found
+        logger.log_metrics(metrics, step=0)
+        result.metrics = metrics
         (tmp / "judgements.json").write_text(json.dumps(saved, indent=1))
         result.seconds = time.perf_counter() - started
     return result

@@ -71,7 +71,7 @@ class Stage:
 
 GOLD = ("data/gold.py", "data/facts.json", "data/formatting.py")  # the gold annotator and the facts it reads
 # What the TRL stages share (task.py imports gold; training.py splits a batch over data-parallel ranks).
-TRAINING = ("training.py", "distributed.py", "models.py", "data/task.py", *GOLD)
+TRAINING = ("training.py", "distributed.py", "models.py", "pooling.py", "data/task.py", *GOLD)
 # PPO and what watches it: the gold-free signals (hacking.py, ppo/monitor.py); it scores with the ensemble through
 # scoring.py, so the ensemble's training code (ensemble.py, reward.py) stays out of PPO's key.
 WATCHED_PPO = ("ppo/trainer.py", "distributed.py", "ppo/monitor.py", "hacking.py", "detect.py")
@@ -109,9 +109,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
           ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
-    # A language model as a second judge (off by default): agreement with the human labels, policies against SFT.
-    Stage("judge", ("judge",), ("data", "eval"), "minirlhf.judge:run_judge",
-          ("judge.py", "stats.py", *TRAINING)),
+    # Independent judges (off by default): a language model and a judge reward model trained on its own rows;
+    # agreement with the human labels, policies against SFT.
+    Stage("judge", ("model", "reward", "judge"), ("data", "eval"), "minirlhf.judge:run_judge",
+          ("judge.py", "reward.py", "scoring.py", "stats.py", *TRAINING)),
     # The over-optimisation sweep: its upstream are one eval output per kl_coef (plan_sweep), not pipeline stages.
     Stage("sweep", (), (), "minirlhf.sweep:run_sweep", ("sweep.py", "gao.py", "plots.py")),
     # The reward-hacking calibration: its upstream are the PPO and eval outputs of a kl_coef x ppo.seed sweep, with and
@@ -127,7 +128,7 @@ PIPELINE = ("data", "sft", "cai", "sl_cai", "rlaif", "reward", "ensemble", "inte
 
 # Fields of a shared section that only one stage reads: the other stages leave them out of their key, so trying
 # another reward backbone does not retrain SFT (the reward model reaches PPO, RLOO and eval through its digest).
-KEYED_ONLY_BY = {("model", "reward_backbone"): ("reward", "ensemble"),
+KEYED_ONLY_BY = {("model", "reward_backbone"): ("reward", "ensemble", "judge"),
                  ("hacking", "onset_drop"): ("calibration",), ("hacking", "onset_window"): ("calibration",)}
 
 

@@ -91,7 +91,14 @@ def test_stage_lines():
     # The stages without a progress bar of their own say what they did in one line.
     judge = stage_line("judge", StageResult("judge", seconds=90.0, metrics={
         "judge/agreement": 0.55, "judge/agreement_low": 0.49, "judge/agreement_high": 0.61, "judge/n_pairs": 300.0}))
-    assert judge == "✓ judge   90.0 s  agrees with the human labels on 55% [49%, 61%] of 300 held-out pairs"
+    assert judge == ("✓ judge   90.0 s  the language model agrees with the human labels on 55% [49%, 61%] of 300 "
+                     "held-out pairs")
+    both = stage_line("judge", StageResult("judge", seconds=90.0, metrics={
+        "judge/agreement": 0.55, "judge/agreement_low": 0.49, "judge/agreement_high": 0.61, "judge/n_pairs": 300.0,
+        "judge_rm/agreement": 0.6, "judge_rm/agreement_low": 0.54, "judge_rm/agreement_high": 0.66,
+        "judge_rm/n_pairs": 297.0}))
+    assert both.endswith("300 held-out pairs; the judge reward model agrees with the human labels on 60% [54%, 66%] "
+                         "of 297 held-out pairs")
     cai = stage_line("cai", StageResult("cai", seconds=5.0, metrics={
         "cai/n_prompts": 8.0, "cai/initial_gold": -1.2, "cai/revised_gold": 0.4}))
     assert cai == "✓ cai     5.0 s  8 red-team answers critiqued and revised; gold -1.20 -> +0.40"

@@ -109,8 +109,90 @@ def test_the_judge_stage_measures_agreement_and_judges_every_policy(tiny_run):
     for policy in evaluated:
         assert 0 <= m[f"judge/{policy}/win_rate"] <= 1, policy
     saved = json.loads((result.path(cfg.output_dir) / "judgements.json").read_text())
-    assert len(saved["pairs"]) == 12 and set(saved["policies"]) == set(evaluated)
+    assert len(saved["language_model"]["pairs"]) == 12 and set(saved["language_model"]["policies"]) == set(evaluated)
     # The judge model is an input keyed by its bytes: another judge, another key.
     other = judged.model_copy(update={"judge": judged.judge.model_copy(update={
         "model": str(results["reward"].path(cfg.output_dir))})})
     assert plan(other, "judge", results).key != plan(judged, "judge", results).key
+
+
+# ---- the judge reward model: trained on rows no other stage reads --------------------------------------------------
+def hh_judge_config(tmp_path, **judge):
+    from minirlhf.config import PipelineConfig
+    from tests.conftest import SHARED_HH_FILE, require_shared_hh
+
+    require_shared_hh()
+    return PipelineConfig.model_validate({
+        "output_dir": str(tmp_path / "out"),
+        "data": {"source": "hh", "hh_path": str(SHARED_HH_FILE), "hh_limit": 120, "hh_n_train": 100,
+                 "hh_judge_rows": 40},
+        "model": {"reward_backbone": "minilm"},
+        "reward": {"max_length": 96, "max_steps": 4, "batch_size": 8, "learning_rate": 1e-4,
+                   "pooling": "response_mean"},
+        "judge": {"enabled": True, "model": None, "reward_model": True, **judge}})
+
+
+def test_the_judge_rows_are_read_by_no_other_split(tmp_path):
+    from minirlhf.data.prepare import run_data
+    from minirlhf.data.task import read_jsonl
+
+    cfg = hh_judge_config(tmp_path)
+    out = tmp_path / "data"
+    result = run_data(cfg, out)
+    judge_rows = {p["source_row"] for p in read_jsonl(out / "pairs_judge.jsonl")}
+    assert judge_rows and min(judge_rows) >= 60 and max(judge_rows) < 100  # the last 40 of the 100 training rows
+    assert result.metrics["data/hh_judge_pairs"] == len(judge_rows)
+    assert all(p["source_row"] < 60 for p in read_jsonl(out / "pairs_train.jsonl"))
+    assert all(p["source_row"] >= 100 for p in read_jsonl(out / "pairs_test.jsonl"))
+    rows_of = lambda split: {int(p["prompt_id"].split("-")[1]) for p in read_jsonl(out / split)}  # noqa: E731
+    assert max(rows_of("rl_prompts.jsonl")) < 60  # PPO never sees the judge's prompts either
+    sft_prompts = {p["prompt"] for p in read_jsonl(out / "sft.jsonl")}
+    assert not sft_prompts & {p["prompt"] for p in read_jsonl(out / "pairs_judge.jsonl")}
+
+
+@pytest.mark.parametrize("update,message", [
+    ({"data": {"source": "hh", "hh_path": "x.jsonl", "hh_judge_rows": 0}, "judge": {"enabled": True,
+      "reward_model": True}}, "data.hh_judge_rows"),
+    ({"data": {"source": "hh", "hh_path": "x.jsonl", "hh_judge_rows": 10}, "model": {"reward_backbone": "sft"},
+      "judge": {"enabled": True, "reward_model": True}}, "not 'sft'"),
+    ({"judge": {"enabled": True, "model": None}}, "no judge"),
+    ({"data": {"source": "hh", "hh_path": "x.jsonl", "hh_n_train": 50, "hh_judge_rows": 50}}, "hh_judge_rows=50"),
+])
+def test_a_judge_reward_model_without_its_own_rows_fails_at_load(update, message):
+    from minirlhf.config import PipelineConfig
+
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig.model_validate(update)
+
+
+@pytest.mark.slow
+def test_the_judge_reward_model_trains_on_its_rows_and_scores_policies_against_sft(tmp_path):
+    """MiniLM trained 4 steps on the judge's rows; the policies' answers are held-out pairs' chosen and rejected
+    replies, so the win rate of 'chosen' over 'rejected' must equal the judge's agreement on the same pairs."""
+    import json
+
+    from minirlhf.data.prepare import run_data
+    from minirlhf.data.task import read_jsonl
+    from minirlhf.judge import run_judge
+    from tests.conftest import require_real_model
+
+    require_real_model("minilm")
+    cfg = hh_judge_config(tmp_path)
+    run_data(cfg, tmp_path / "data")
+    test = read_jsonl(tmp_path / "data" / "pairs_test.jsonl")
+    answers = lambda key: [{"prompt_id": f"eval-{p['source_row']:05d}", "prompt": p["prompt"],  # noqa: E731
+                            "response": p[key]} for p in test]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "samples.json").write_text(json.dumps(
+        {"sft": answers("rejected"), "chosen": answers("chosen"), "same": answers("rejected")}))
+    result = run_judge(cfg, tmp_path / "data", tmp_path / "eval", tmp_path / "judge")
+    m = result.metrics
+    assert m["judge_rm/train_pairs"] == len(read_jsonl(tmp_path / "data" / "pairs_judge.jsonl"))
+    assert m["judge_rm/n_pairs"] == len(test)
+    assert m["judge_rm/chosen/win_rate"] == pytest.approx(m["judge_rm/agreement"])
+    assert m["judge_rm/same/win_rate"] == 0  # a tie is not a win
+    assert 0 <= m["judge_rm/agreement_low"] <= m["judge_rm/agreement"] <= m["judge_rm/agreement_high"] <= 1
+    assert not any(k.startswith("judge/") for k in m)  # judge.model: null, no language-model judge
+    saved = json.loads((tmp_path / "judge" / "judgements.json").read_text())
+    assert set(saved) == {"reward_model"} and len(saved["reward_model"]["chosen"]) == len(test)
+    assert (tmp_path / "judge" / "reward_model" / "config.json").is_file()
