@@ -102,10 +102,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("sl_cai.py", "sft.py", *TRAINING)),
     # AI feedback: the training pairs relabelled by a feedback model under the constitution (off by default).
     Stage("rlaif", ("model", "rlaif"), ("data", "sft"), "minirlhf.rlaif:run_rlaif",
-          ("rlaif.py", "judge.py", "constitution.py", "stats.py", *TRAINING)),
+          ("rlaif.py", "judge.py", "reward.py", "scoring.py", "constitution.py", "stats.py", *TRAINING)),
     # What the reward model computes: probes and token attributions (off by default).
     Stage("interpret", ("interpret",), ("data", "reward"), "minirlhf.interpret:run_interpret",
-          ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "data/task.py", *GOLD)),
+          ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "pooling.py", "data/task.py", *GOLD)),
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
           ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
