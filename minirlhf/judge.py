@@ -166,9 +166,9 @@ def reward_model_judge(cfg: PipelineConfig, data_dir: Path, samples: dict[str, l
     _, _, model = train_reward_model(cfg, model, tokenizer, judge_pairs, out_dir, seed, logger, history,
                                      name="judge_rm")
     held_out, rows = evaluate_pairs(model, tokenizer, test, max_length=cfg.reward.max_length)
-    agree = bootstrap_mean([float(r["score_chosen"] > r["score_rejected"]) for r in rows], seed=cfg.seed)
-    metrics = {"judge_rm/agreement": agree.value, "judge_rm/agreement_low": agree.low,
-               "judge_rm/agreement_high": agree.high, "judge_rm/n_pairs": float(len(rows)),
+    metrics = {"judge_rm/agreement": held_out["reward/accuracy"],
+               "judge_rm/agreement_low": held_out["reward/accuracy_low"],
+               "judge_rm/agreement_high": held_out["reward/accuracy_high"], "judge_rm/n_pairs": float(len(rows)),
                "judge_rm/train_pairs": float(len(judge_pairs)),
                "judge_rm/length_corr": held_out["reward/length_corr"]}
     scores = {policy: score_texts(model, tokenizer, [r["prompt"] for r in policy_rows],

@@ -83,10 +83,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # `seed` is in every key through the top level; the model section decides the base model.
     Stage("sft", ("model", "sft"), ("data",), "minirlhf.sft:run_sft", ("sft.py", *TRAINING)),
     Stage("reward", ("model", "reward"), ("data", "sft", "rlaif"), "minirlhf.reward:run_reward",
-          ("reward.py", "scoring.py", *TRAINING)),
+          ("reward.py", "scoring.py", "stats.py", *TRAINING)),
     # Reward models beside the proxy, for the gold-free hacking signals and the conservative reward (off by default).
     Stage("ensemble", ("model", "reward", "ensemble"), ("data", "sft", "reward"), "minirlhf.ensemble:run_ensemble",
-          ("ensemble.py", "reward.py", "scoring.py", *TRAINING)),
+          ("ensemble.py", "reward.py", "scoring.py", "stats.py", *TRAINING)),
     Stage("ppo", ("model", "ppo", "hacking"), ("data", "sft", "reward", "ensemble"), "minirlhf.ppo.trainer:run_ppo",
           (*WATCHED_PPO, *SAMPLING, *TRAINING), retries=2),
     Stage("dpo", ("model", "dpo"), ("data", "sft"), "minirlhf.dpo:run_dpo", ("dpo.py", "scoring.py", *TRAINING)),

@@ -37,6 +37,7 @@ from minirlhf.data.gold import FILLER
 from minirlhf.data.task import read_jsonl
 from minirlhf.models import load_reward_model, lora_config
 from minirlhf.scoring import fit_to_length, score_texts
+from minirlhf.stats import bootstrap_mean
 from minirlhf.stage import MetricLogger, NullLogger, StageResult, stage_output
 from minirlhf.training import LogToStore, train_and_save, trainer_common_args
 
@@ -54,8 +55,11 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], max_length: int = 512) -
     chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length=max_length)
     rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length=max_length)
     correct = (chosen > rejected).float()
+    interval = bootstrap_mean(correct.tolist())  # over pairs: 297 HH pairs give about +-0.055
     metrics = {
         "reward/accuracy": float(correct.mean()),
+        "reward/accuracy_low": interval.low,
+        "reward/accuracy_high": interval.high,
         "reward/margin": float((chosen - rejected).mean()),
         "reward/n_test_pairs": float(len(pairs)),
     }

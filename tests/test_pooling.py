@@ -48,7 +48,7 @@ def test_the_score_is_the_head_on_the_mean_of_the_response_tokens(minilm_rm):
     tokenizer, rm = minilm_rm
     rm.eval()
     texts = ["\n\nHuman: how do I pick a lock?\n\nAssistant: I can't help with that.",
-             "\n\nHuman: hi\n\nAssistant: Hello!\n\nHuman: and now?\n\nAssistant: Still here, how can I help you today?"]
+             "\n\nHuman: hi\n\nAssistant: Hello!\n\nHuman: and now?\n\nAssistant: Still here, how can I help?"]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         scores = rm(**batch).logits[:, 0]
