@@ -168,12 +168,14 @@ def test_a_judge_reward_model_without_its_own_rows_fails_at_load(update, message
 @pytest.mark.slow
 def test_the_judge_reward_model_trains_on_its_rows_and_scores_policies_against_sft(tmp_path):
     """MiniLM trained 4 steps on the judge's rows; the policies' answers are held-out pairs' chosen and rejected
-    replies, so the win rate of 'chosen' over 'rejected' must equal the judge's agreement on the same pairs."""
+    replies. The saved judge reward model, loaded again, gives the same win rates over SFT."""
     import json
 
     from minirlhf.data.prepare import run_data
     from minirlhf.data.task import read_jsonl
     from minirlhf.judge import run_judge
+    from minirlhf.models import load_reward_model
+    from minirlhf.scoring import score_texts
     from tests.conftest import require_real_model
 
     require_real_model("minilm")
@@ -187,9 +189,13 @@ def test_the_judge_reward_model_trains_on_its_rows_and_scores_policies_against_s
         {"sft": answers("rejected"), "chosen": answers("chosen"), "same": answers("rejected")}))
     result = run_judge(cfg, tmp_path / "data", tmp_path / "eval", tmp_path / "judge")
     m = result.metrics
-    assert m["judge_rm/train_pairs"] == len(read_jsonl(tmp_path / "data" / "pairs_judge.jsonl"))
-    assert m["judge_rm/n_pairs"] == len(test)
-    assert m["judge_rm/chosen/win_rate"] == pytest.approx(m["judge_rm/agreement"])
+    assert 0 < m["judge_rm/train_pairs"] <= len(read_jsonl(tmp_path / "data" / "pairs_judge.jsonl"))  # some too long
+    assert 0 < m["judge_rm/n_pairs"] <= len(test)
+    tokenizer, judge_rm = load_reward_model(str(tmp_path / "judge" / "reward_model"))
+    scores = {k: score_texts(judge_rm, tokenizer, [p["prompt"] for p in test], [p[k] for p in test], max_length=96)
+              for k in ("chosen", "rejected")}
+    wins = (scores["chosen"] > scores["rejected"]).float().mean().item()
+    assert m["judge_rm/chosen/win_rate"] == pytest.approx(wins)
     assert m["judge_rm/same/win_rate"] == 0  # a tie is not a win
     assert 0 <= m["judge_rm/agreement_low"] <= m["judge_rm/agreement"] <= m["judge_rm/agreement_high"] <= 1
     assert not any(k.startswith("judge/") for k in m)  # judge.model: null, no language-model judge
