@@ -10,6 +10,12 @@ model from the reward directory (AutoModelForSequenceClassification, num_labels=
 left padding. `--params` carries PPOConfig fields, set by the caller from our config. It writes
 `<out-dir>/policy/` (the trained policy and tokenizer) and `<out-dir>/result.json` (timings, versions, TRL's logs).
 TRL itself is used as released: nothing here patches it.
+
+`--lora` (a JSON object: r, alpha, dropout, target_modules) trains LoRA adapters as TRL's example does with
+`--use_peft`: PPOTrainer wraps the policy in them and, given no `ref_model`, uses the policy with its adapters
+switched off as the reference (one model fewer in memory than ours, which keeps a frozen copy). The value model
+trains in full on both sides. The adapters are merged into the weights before saving, so our evaluation loads a
+plain checkpoint.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def main() -> None:
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--max-prompt-length", type=int, default=64)
     parser.add_argument("--params", required=True, help="JSON object of PPOConfig fields")
+    parser.add_argument("--lora", default=None, help="JSON object: r, alpha, dropout, target_modules (default: off)")
     args = parser.parse_args()
     params = json.loads(args.params)
     out_dir = args.out_dir.resolve()
@@ -60,7 +67,15 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.sft_dir, padding_side="left")
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id, "need PAD != EOS"
     policy = AutoModelForCausalLM.from_pretrained(args.sft_dir, dtype=torch.float32)
-    ref_policy = AutoModelForCausalLM.from_pretrained(args.sft_dir, dtype=torch.float32)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        lora = json.loads(args.lora)
+        peft_config = LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
+                                 lora_dropout=lora["dropout"], target_modules=lora["target_modules"])
+    # TRL's example passes no reference with PEFT: the trainer then reads it off the policy with adapters disabled.
+    ref_policy = None if peft_config else AutoModelForCausalLM.from_pretrained(args.sft_dir, dtype=torch.float32)
     reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1,
                                                                       dtype=torch.float32)
     value_model = AutoModelForSequenceClassification.from_pretrained(args.reward_dir, num_labels=1, dtype=torch.float32)
@@ -70,12 +85,17 @@ def main() -> None:
     config = PPOConfig(output_dir=str(out_dir / "trainer"), **params)
     trainer = PPOTrainer(
         args=config, processing_class=tokenizer, model=policy, ref_model=ref_policy, reward_model=reward_model,
-        value_model=value_model, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        value_model=value_model, train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config,
     )
     train_started = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - train_started
-    trainer.save_model(str(out_dir / "policy"))  # the policy only (TRL swaps out the value model to save)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)  # policy (adapters) + value
+    if peft_config:  # save_model would write the adapters alone; our evaluation loads a plain checkpoint
+        policy = trainer.accelerator.unwrap_model(trainer.model).policy.merge_and_unload()
+        policy.save_pretrained(out_dir / "policy")
+    else:
+        trainer.save_model(str(out_dir / "policy"))  # the policy only (TRL swaps out the value model to save)
     tokenizer.save_pretrained(out_dir / "policy")  # our evaluation loads the tokenizer from the policy dir
     wall_s = time.perf_counter() - started
 
@@ -88,12 +108,14 @@ def main() -> None:
                      "accelerate": __import__("accelerate").__version__,
                      "datasets": __import__("datasets").__version__},
         "threads": torch.get_num_threads(),
+        "lora": json.loads(args.lora) if args.lora else None,
+        "trainable_params": trainable,
         "config": {k: getattr(config, k) for k in ("total_episodes", "batch_size", "mini_batch_size",
                                                   "num_mini_batches", "num_ppo_epochs", "learning_rate",
                                                   "response_length", "temperature",
                                                   "kl_coef", "missing_eos_penalty", "num_total_batches", "bf16",
                                                   "gradient_checkpointing", "adam_epsilon", "weight_decay",
-                                                  "max_grad_norm")},
+                                                  "max_grad_norm", "num_sample_generations")},
         "log_history": trainer.state.log_history,  # TRL's per-update metrics (objective/scores, objective/kl, eps, ...)
         "policy_dir": str(out_dir / "policy"),
     }

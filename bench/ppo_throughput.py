@@ -6,6 +6,10 @@ Usage:
 
 It reuses (or builds) the data, SFT and reward-model stages of the config, then times `--steps` PPO steps
 after one warm-up step. Results print as a table and are appended to bench/results/ppo_throughput.jsonl.
+
+With `ppo.value_model: head` (configs/hh-smollm2.yaml: the MiniLM reward model has another tokenizer) the values
+come from a head on the policy's last hidden states: the policy pass returns them, and the value pass is the head
+alone. With LoRA the policy passes run through the adapters, as in training.
 """
 
 from __future__ import annotations
@@ -60,23 +64,28 @@ def main() -> None:
     # The compute floor: each model pass of one step, timed alone on the same batch shapes.
     batch = trainer.rollout()
     q_mask = (batch.query_ids != trainer.tokenizer.pad_token_id).long()
+    head = trainer.value_head is not None  # values from the policy's hidden states, as in the rollout and update
+    no_grad_forward = torch.no_grad()(trainer._forward)
+    _, hidden = no_grad_forward(trainer.policy, batch.query_ids, q_mask, batch.response_ids, batch.response_mask,
+                                hidden=head)
     passes = {
         "generate": timed(lambda: trainer.generate(batch.prompts)),
-        "policy_fwd": timed(lambda: torch.no_grad()(trainer._forward)(trainer.policy, batch.query_ids, q_mask,
-                                                                      batch.response_ids, batch.response_mask)),
-        "ref_fwd": timed(lambda: torch.no_grad()(trainer._forward)(trainer.ref_policy, batch.query_ids, q_mask,
-                                                                   batch.response_ids, batch.response_mask)),
+        "policy_fwd": timed(lambda: no_grad_forward(trainer.policy, batch.query_ids, q_mask, batch.response_ids,
+                                                    batch.response_mask, hidden=head)),
+        "ref_fwd": timed(lambda: no_grad_forward(trainer.ref_policy, batch.query_ids, q_mask, batch.response_ids,
+                                                 batch.response_mask)),
         "value_fwd": timed(lambda: torch.no_grad()(trainer._values)(batch.query_ids, q_mask, batch.response_ids,
-                                                                    batch.response_mask)),
+                                                                    batch.response_mask, hidden)),
         "reward_score": timed(lambda: score_texts(trainer.reward_model, trainer.rm_tokenizer, batch.prompts,
                                                   batch.responses)),
     }
     mb = torch.arange(cfg.ppo.mini_batch_size)
 
     def one_minibatch():
-        logits, _ = trainer._forward(trainer.policy, batch.query_ids[mb], q_mask[mb], batch.response_ids[mb],
-                                     batch.response_mask[mb])
-        values = trainer._values(batch.query_ids[mb], q_mask[mb], batch.response_ids[mb], batch.response_mask[mb])
+        logits, hidden = trainer._forward(trainer.policy, batch.query_ids[mb], q_mask[mb], batch.response_ids[mb],
+                                          batch.response_mask[mb], hidden=head)
+        values = trainer._values(batch.query_ids[mb], q_mask[mb], batch.response_ids[mb], batch.response_mask[mb],
+                                 hidden)
         loss = core.logprobs_from_logits(logits, batch.response_ids[mb]).mean() + values.mean()
         loss.backward()
         trainer.optimizer.zero_grad()
@@ -87,7 +96,7 @@ def main() -> None:
     step_s = rollout_s + update_s
     row = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": args.config, "overrides": args.set,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "value_model": cfg.ppo.value_model, "lora": cfg.model.lora.enabled,
         "batch_size": cfg.ppo.batch_size, "step_s": step_s, "rollout_s": rollout_s, "update_s": update_s,
         "rollout_episodes_per_s": cfg.ppo.batch_size / rollout_s, "rollout_tokens_per_s": resp_tokens / rollout_s,
         "update_episodes_per_s": cfg.ppo.batch_size * cfg.ppo.num_ppo_epochs / update_s,
