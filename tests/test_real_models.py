@@ -101,7 +101,9 @@ def test_smollm2_profile_is_the_short_offline_run():
     cfg = load_config(REPO / "configs" / "hh-smollm2.yaml")
     assert (cfg.model.policy, cfg.model.reward_backbone) == ("smollm2", "minilm")
     assert cfg.model.lora.enabled and cfg.data.hh_n_train == 1500 and not cfg.data.hh_path.startswith("Anthropic")
-    assert cfg.sft.max_steps == 50 and cfg.reward.num_train_epochs == 1 and cfg.ppo.steps == 20
+    assert cfg.sft.max_steps == 50 and cfg.reward.num_train_epochs == 2 and cfg.ppo.steps == 20
+    assert cfg.reward.pooling == "response_mean"  # the best MiniLM variant measured on the shared rows
+    assert cfg.judge.enabled and cfg.judge.reward_model and cfg.data.hh_judge_rows == 500  # two judges, own rows
     assert cfg.ppo.value_model == "head"  # MiniLM's tokenizer is not the policy's
 
 
