@@ -185,6 +185,7 @@ def compose_report(db_path: Path, out_dir: Path, run_id: str | None = None, swee
             section_interpret(store, run_id, figures),
             section_training_curves(store, run_id, figures),
             section_policy_comparison(store, run_id, figures),
+            section_judges(store, run_id),
             section_constitutional_ai(store, run_id),
             section_compare(store),
             section_sweep(store, sweep_run_id, figures),
@@ -364,6 +365,27 @@ def section_policy_comparison(store: Store, run_id: str, figures: FigureFolder) 
               ReportFigure(figures.draw("policy_rewards.png", plot_policy_rewards, table),
                            "gold and proxy reward per policy", "comparison", run_id)]
     return lines
+
+
+def section_judges(store: Store, run_id: str) -> list[Block]:
+    """The judge stage (minirlhf/judge.py): each judge's agreement with the human labels, then its win rates of every
+    policy over SFT, all with 95% intervals. Absent (no section) where the run has no judge, as on the demo."""
+    rows = _query(store, "judges", run_id=run_id)
+    if rows.empty:
+        return []
+    m = dict(zip(rows["name"], rows["value"]))
+    interval = lambda key: f"{_num(m[key])} [{_num(m[key + '_low'])}, {_num(m[key + '_high'])}]"  # noqa: E731
+    policies = sorted({name.split("/")[1] for name in m if name.endswith("/win_rate")}, key=policy_rank)
+    table = []
+    for prefix, who in (("judge_rm", "judge reward model"), ("judge", "language model")):
+        if f"{prefix}/agreement" in m:
+            table.append([who, f"{interval(prefix + '/agreement')} of {_int(m[prefix + '/n_pairs'])}",
+                          *[interval(f"{prefix}/{p}/win_rate") if f"{prefix}/{p}/win_rate" in m else "—"
+                            for p in policies]])
+    return ["## Judges", "", "HH has no gold annotator. Each judge's agreement with the human labels on held-out "
+            "pairs says how far to trust its win rates: a judge at chance (0.5 inside its interval) cannot rank the "
+            "policies. Win rates count strict wins over SFT's answer to the same prompt.", "",
+            _table(["judge", "agreement with human labels"] + [f"{p} over SFT" for p in policies], table)]
 
 
 def section_constitutional_ai(store: Store, run_id: str, n_examples: int = 3) -> list[Block]:

@@ -89,6 +89,14 @@ def fill_main_run(store: Store, out: Path) -> str:
                               "rlaif/human_agreement_high": 0.7, "rlaif/gold_agreement_ai": 0.6,
                               "rlaif/gold_agreement_human": 0.9}, step=0)
     done()
+    judge, done = stage(store, run_id, "judge", out)  # two judges (minirlhf/judge.py)
+    store.log_metrics(judge, {"judge/agreement": 0.51, "judge/agreement_low": 0.44, "judge/agreement_high": 0.58,
+                              "judge/n_pairs": 100, "judge/ppo/win_rate": 0.3, "judge/ppo/win_rate_low": 0.15,
+                              "judge/ppo/win_rate_high": 0.45, "judge_rm/agreement": 0.63,
+                              "judge_rm/agreement_low": 0.57, "judge_rm/agreement_high": 0.68, "judge_rm/n_pairs": 297,
+                              "judge_rm/ppo/win_rate": 0.6, "judge_rm/ppo/win_rate_low": 0.42,
+                              "judge_rm/ppo/win_rate_high": 0.78}, step=0)
+    done()
     # PPO: attempt 1 fails after step 4; attempt 2 resumes from the step-3 checkpoint and finishes at step 6.
     ppo1, done = stage(store, run_id, "ppo", out, status="failed", cause="PPOUnstable: loss is NaN at step 5")
     for step in range(1, 5):
@@ -220,7 +228,7 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     path = build_report(store.path, tmp_path / "report")
     assert path == tmp_path / "report" / "report.md"
     text = path.read_text()
-    for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Constitutional AI",
+    for title in ("Stages", "Reward model", "Training curves", "Policy comparison", "Judges", "Constitutional AI",
                   "Policy methods over seeds",
                   "Over-optimisation sweep", "Reward hacking without gold", "Samples side by side", "Failure events"):
         assert f"## {title}\n" in text, title
@@ -236,6 +244,11 @@ def test_report_has_every_section_with_the_stores_numbers(filled, tmp_path):
     assert table_row(cai, "revision") == ["revision", "revision 0 \\| piped"]  # the pipe stays in its cell
     probes = section(text, "Reward model").split("### What the reward model computes", 1)[1]
     assert table_row(probes, "filler") == ["filler", "0.950", "0.700", "2", "0.900"]
+    judges = section(text, "Judges")
+    assert table_row(judges, "judge") == ["judge", "agreement with human labels", "ppo over SFT"]
+    assert table_row(judges, "judge reward model") == ["judge reward model", "0.630 [0.570, 0.680] of 297",
+                                                       "0.600 [0.420, 0.780]"]
+    assert table_row(judges, "language model")[1:] == ["0.510 [0.440, 0.580] of 100", "0.300 [0.150, 0.450]"]
     compare = section(text, "Policy methods over seeds")
     assert table_row(compare, "**ppo**")[1:4] == ["0.600 [0.500, 0.700]", "0.720 [0.600, 0.800]",
                                                   "0.700 [0.650, 0.750]"]
