@@ -293,9 +293,13 @@ class GRPOConfig(RLOOConfig):
 
 class InterpretConfig(_Section):
     """What the reward model computes (minirlhf/interpret.py): linear probes per layer for the embedded task's
-    features and leave-one-out token attributions. Off by default (a few seconds on the demo's reward model)."""
+    features and leave-one-out token attributions; on data without gold (HH), attributions and the words it rewards
+    and punishes most. Off by default (a few seconds on the demo's reward model)."""
 
     enabled: bool = False
+    word_responses: int = Field(120, ge=1, description="held-out responses whose every token is left out once, for "
+                                "the words the reward model rewards and punishes most (data without gold)")
+    word_min_count: int = Field(5, ge=1, description="a word enters that table once it occurs this many times")
 
 
 class JudgeConfig(_Section):

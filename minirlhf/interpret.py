@@ -19,6 +19,11 @@ the reward model's score with the last layer's probe direction says how much of 
 Token attribution by leave-one-out (Li et al. 2016, "Understanding neural networks through representation
 erasure"): a response token's attribution is the score of the text minus the score with that token removed;
 exact for what it measures, one forward pass per token, no gradients.
+
+On data without gold (HH-RLHF) no feature of a response is known, so there are no probes: the stage attributes the
+held-out replies the reward model scores highest and lowest and one pair it gets wrong, averages every token's
+leave-one-out effect over `interpret.word_responses` replies (the words it rewards and punishes most), and
+correlates its score with the reply's length.
 """
 
 from __future__ import annotations
@@ -166,16 +171,74 @@ def pick_examples(rows: list[dict]) -> dict[str, dict]:
             if any(test(r["features"]) for r in rows)}
 
 
+def word_effects(attributions: list[list[tuple[str, float]]], min_count: int) -> list[dict]:
+    """Each token's mean leave-one-out effect over the responses it occurs in (lower-cased, stripped), for tokens
+    seen at least `min_count` times; most rewarded first."""
+    seen: dict[str, list[float]] = {}
+    for tokens in attributions:
+        for token, effect in tokens:
+            word = token.strip().lower()
+            if word:
+                seen.setdefault(word, []).append(effect)
+    table = [{"word": w, "mean_effect": sum(v) / len(v), "count": len(v)} for w, v in seen.items()
+             if len(v) >= min_count]
+    return sorted(table, key=lambda row: -row["mean_effect"])
+
+
+def pick_hh_examples(rows: list[dict], scores: torch.Tensor, max_tokens: int, tokenizer) -> dict[str, dict]:
+    """Replies short enough to draw (<= max_tokens): the highest- and lowest-scored, and the rejected reply of the
+    pair the reward model gets most wrong (rows alternate chosen, rejected)."""
+    short = [i for i, r in enumerate(rows)
+             if len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) <= max_tokens]
+    if not short:
+        return {}
+    picked = {"highest-scored reply": max(short, key=lambda i: scores[i]),
+              "lowest-scored reply": min(short, key=lambda i: scores[i])}
+    wrong = [i for i in short if i % 2 == 1 and scores[i] > scores[i - 1]]  # rejected above its chosen
+    if wrong:
+        picked["rejected reply scored above the chosen one"] = max(wrong, key=lambda i: scores[i] - scores[i - 1])
+    return {name: rows[i] for name, i in picked.items()}
+
+
+def interpret_without_gold(cfg: PipelineConfig, model, tokenizer, rows: list[dict]) -> tuple[dict, dict, list]:
+    """(metrics, examples, words) for data with no known features: see the module docstring."""
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    scores = score_texts(model, tokenizer, prompts, responses)  # (n,)
+    lengths = torch.tensor([float(len(r.split())) for r in responses])
+    examples = {name: {"prompt": r["prompt"], "response": r["response"],
+                       "tokens": leave_one_out(model, tokenizer, r["prompt"], r["response"])}
+                for name, r in pick_hh_examples(rows, scores, 40, tokenizer).items()}
+    sample = rows[: cfg.interpret.word_responses]
+    words = word_effects([leave_one_out(model, tokenizer, r["prompt"], r["response"]) for r in sample],
+                         cfg.interpret.word_min_count)
+    metrics = {"interpret/n_responses": float(len(rows)), "interpret/word_responses": float(len(sample)),
+               "interpret/length_corr": float(torch.corrcoef(torch.stack([scores, lengths]))[0, 1])}
+    return metrics, examples, words
+
+
 def run_interpret(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, out_dir: Path,
                   logger: MetricLogger | None = None) -> StageResult:
     """Probes per layer for each feature on the held-out pairs' responses, and leave-one-out attributions for
-    three example responses. Metrics: interpret/<feature>/layer<i>, /decodable_at, /score_r2, /baseline."""
-    from minirlhf.plots import plot_attribution, plot_probes
+    three example responses. Metrics: interpret/<feature>/layer<i>, /decodable_at, /score_r2, /baseline. On data
+    without gold (data.source: hh): attributions, the words table and interpret/length_corr instead of probes."""
+    from minirlhf.plots import plot_attribution, plot_probes, plot_word_effects
 
     logger = logger or NullLogger()
     started = time.perf_counter()
     tokenizer, model = load_reward_model(str(reward_dir))
     pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")
+    if cfg.data.source == "hh":
+        rows = [{"prompt": p["prompt"], "response": p[side]} for p in pairs for side in ("chosen", "rejected")]
+        metrics, examples, words = interpret_without_gold(cfg, model, tokenizer, rows)
+        logger.log_metrics(metrics, step=0)
+        result = StageResult("interpret", metrics=metrics)
+        with stage_output(out_dir, result) as tmp:
+            (tmp / RESULTS).write_text(json.dumps({"examples": examples, "words": words}, indent=1))
+            plot_word_effects(words, tmp / "words.png")
+            for i, (name, example) in enumerate(examples.items(), start=1):
+                plot_attribution(name, example["tokens"], tmp / f"attribution_{i}.png")
+            result.seconds = time.perf_counter() - started
+        return result
     rows = [{"prompt": p["prompt"], "response": p[side]} for p in pairs for side in ("chosen", "rejected")]
     for row in rows:
         row["features"] = response_features(row["prompt"], row["response"])

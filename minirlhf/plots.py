@@ -267,6 +267,22 @@ def plot_attribution(name: str, tokens: list, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_word_effects(words: list[dict], path: Path, n: int = 12) -> Path:
+    """The `n` words with the highest and the `n` with the lowest mean leave-one-out effect, as horizontal bars."""
+    shown = words[:n] + [w for w in words[-n:] if w not in words[:n]]
+    fig = new_figure(figsize=(6.5, max(3.0, 0.26 * len(shown) + 1.2)), layout="constrained")
+    ax = fig.subplots()
+    values = [w["mean_effect"] for w in shown]
+    ax.barh(range(len(shown)), values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    ax.set_yticks(range(len(shown)), [f"{w['word']} ({w['count']})" for w in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("mean score - score without the word (occurrences)")
+    ax.set_title("Words the reward model rewards and punishes most", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def new_figure(**kwargs):
     """A matplotlib Figure (object API, no pyplot). matplotlib is imported here, when a figure is drawn: a report
     whose figures are all up to date (report.py redraws only changed data) never loads it."""

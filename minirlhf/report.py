@@ -287,15 +287,26 @@ def section_interpret(store: Store, run_id: str, figures: FigureFolder) -> list[
     def best(feature: str) -> float:
         return max(values.get(f"interpret/{feature}/layer{i}", float("nan")) for i in range(layers + 1))
 
-    lines += ["Linear probes on the hidden state the score is read from (the last token), one per layer, trained "
-              "on half of the held-out pairs' responses and scored on the other half (accuracy; R² for length). "
-              "'Score R²': how much of the reward model's score the last layer's probe direction explains.", "",
-              _table(["feature", "best probe score", "majority / mean baseline", "decodable at layer", "score R²"],
-                     [(f, _num(best(f)), _num(values.get(f"interpret/{f}/baseline")),
-                       _int(values.get(f"interpret/{f}/decodable_at")), _num(values.get(f"interpret/{f}/score_r2")))
-                      for f in features])]
     folder = store.path.parent / "interpret" / Path(str(rows["output_dir"].iloc[0])).name  # beside the store
-    for name, caption in [("probes.png", "probe score per layer")] + [
+    if features:
+        lines += ["Linear probes on the hidden state the score is read from (the last token), one per layer, trained "
+                  "on half of the held-out pairs' responses and scored on the other half (accuracy; R² for length). "
+                  "'Score R²': how much of the reward model's score the last layer's probe direction explains.", "",
+                  _table(["feature", "best probe score", "majority / mean baseline", "decodable at layer",
+                          "score R²"],
+                         [(f, _num(best(f)), _num(values.get(f"interpret/{f}/baseline")),
+                           _int(values.get(f"interpret/{f}/decodable_at")),
+                           _num(values.get(f"interpret/{f}/score_r2"))) for f in features])]
+    elif (folder / "probes.json").is_file():  # data without gold: the words it rewards and punishes
+        words = json.loads((folder / "probes.json").read_text()).get("words", [])
+        rows_of = lambda part: [(f"`{w['word']}`", _num(w["mean_effect"]), _int(w["count"])) for w in part]  # noqa: E731
+        lines += [f"No gold, so no known features to probe. The score correlates "
+                  f"{_num(values.get('interpret/length_corr'))} with the reply's length in words. Each token of "
+                  f"{_int(values.get('interpret/word_responses'))} held-out replies was left out once; the mean "
+                  "effect of each word that occurs often enough:", "",
+                  _table(["rewarded most", "mean effect", "occurrences"], rows_of(words[:8])), "",
+                  _table(["punished most", "mean effect", "occurrences"], rows_of(words[::-1][:8]))]
+    for name, caption in [("probes.png", "probe score per layer"), ("words.png", "mean effect of each word")] + [
             (f"attribution_{i}.png", "token attribution (leave-one-out)") for i in (1, 2, 3)]:
         if (folder / name).is_file():
             path = figures.draw(f"interpret_{name}", copy_figure, str(folder / name), sha256_file(folder / name))
