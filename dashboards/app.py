@@ -1,14 +1,14 @@
-"""The minirlhf dashboard: runs, PPO curves, reward-model diagnostics, policy comparison, samples, failure events,
-the over-optimisation sweep.
+"""The minirlhf dashboard: runs, PPO curves, reward-model diagnostics, what the reward model computes, policy
+comparison, samples, failure events, the over-optimisation sweep.
 
 Usage:
     minirlhf dashboard [--db artifacts/rlhf.duckdb] [--port 8501]       # what you normally run
     MINIRLHF_DB=artifacts/rlhf.duckdb streamlit run dashboards/app.py   # the same, by hand
 
-Links: http://localhost:8501/?page=<page>&run=<run_id>, page one of runs, curves, reward, comparison, samples,
-failures, sweep, hacking, cai (the flow's link artifact points here). Every view's SQL is a file in dashboards/queries/,
-also runnable as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_* views
-(minirlhf/store.py).
+Links: http://localhost:8501/?page=<page>&run=<run_id>, page one of runs, curves, reward, interpret, comparison,
+samples, failures, sweep, hacking, cai (the flow's link artifact points here). Every view's SQL is a file in
+dashboards/queries/, also runnable as `minirlhf query --file dashboards/queries/<view>.sql`; they read the store's v_*
+views (minirlhf/store.py).
 
 The store is opened read-only, one short-lived connection per query, so a pipeline can keep writing. While a writer
 holds DuckDB's lock the store retries with backoff for MINIRLHF_DASHBOARD_LOCK_TIMEOUT_S seconds (default 10), then
@@ -30,7 +30,8 @@ from minirlhf.store import Store, StoreLocked
 
 QUERIES = Path(__file__).resolve().parent / "queries"
 DEFAULT_DB = "artifacts/rlhf.duckdb"
-PAGES = {"runs": "Runs", "curves": "Training curves", "reward": "Reward model", "comparison": "Policy comparison",
+PAGES = {"runs": "Runs", "curves": "Training curves", "reward": "Reward model",
+         "interpret": "What the reward model computes", "comparison": "Policy comparison",
          "samples": "Samples", "failures": "Failure events", "sweep": "Over-optimisation sweep",
          "hacking": "Reward hacking without gold", "cai": "Constitutional AI"}
 
@@ -168,6 +169,62 @@ def page_reward() -> None:
     st.altair_chart(alt.Chart(scores).mark_circle(opacity=0.6).encode(
         x=alt.X("response_words:Q", title="response length (words)"), y=alt.Y("proxy_reward:Q", title="RM score"),
         color="policy:N", tooltip=["policy", "intent", "response_words", "proxy_reward", "gold_reward"]))
+
+
+def interpret_folder(output_dir: str) -> Path:
+    """The interpret stage's folder: beside the store (`<root>/interpret/<key>`), so a moved output root still finds
+    its figures; the recorded path otherwise."""
+    beside = db_path().parent / "interpret" / Path(output_dir).name
+    return beside if beside.is_dir() else Path(output_dir)
+
+
+def probe_table(metrics: dict[str, float]) -> pd.DataFrame:
+    """(feature, layer, score) rows from interpret/<feature>/layer<i> metrics."""
+    rows = [(name.split("/")[1], int(name.rsplit("layer", 1)[1]), value) for name, value in metrics.items()
+            if name.count("/") == 2 and name.rsplit("/", 1)[1].startswith("layer")]
+    return pd.DataFrame(rows, columns=["feature", "layer", "score"])
+
+
+def page_interpret() -> None:
+    table = load("interpret")
+    if table.empty:
+        st.info("No reward-model interpretation recorded yet: run the pipeline with `--set interpret.enabled=true` "
+                "(linear probes per layer on the embedded task, token attributions everywhere).")
+        return
+    run_id = pick_run(table["run_id"].drop_duplicates())
+    table = table[table["run_id"] == run_id]
+    metrics = dict(zip(table["name"], table["value"]))
+    folder = interpret_folder(str(table["output_dir"].iloc[0]))
+    probes = probe_table(metrics)
+    if not probes.empty:
+        st.subheader("Linear probes per layer")
+        st.caption("A probe per feature and layer on the hidden state the score is read from, trained on half of the "
+                   "held-out responses and scored on the other half: accuracy for the flags, R² for length. "
+                   "'score_r2': how much of the reward model's score the last layer's probe direction explains.")
+        st.altair_chart(alt.Chart(probes).mark_line(point=True).encode(
+            x=alt.X("layer:O", title="layer (0 = embeddings)"), y=alt.Y("score:Q", title="probe score (held out)"),
+            color="feature:N", tooltip=["feature", "layer", "score"]), use_container_width=True)
+        summary = pd.DataFrame([{"feature": f, **{k: metrics.get(f"interpret/{f}/{k}") for k in
+                                                  ("baseline", "decodable_at", "score_r2")}}
+                                for f in sorted(probes["feature"].unique())])
+        st.dataframe(summary, hide_index=True)
+    elif (folder / "probes.json").is_file():  # data without gold: the words table
+        words = pd.DataFrame(json.loads((folder / "probes.json").read_text()).get("words", []))
+        st.subheader("Words the reward model rewards and punishes")
+        st.caption(f"No gold, so no known features to probe. The score correlates "
+                   f"{metrics.get('interpret/length_corr', float('nan')):+.2f} with the reply's length in words. "
+                   "Each word's mean leave-one-out effect over the held-out replies it occurs in.")
+        if not words.empty:
+            left, right = st.columns(2)
+            left.markdown("**rewarded most**")
+            left.dataframe(words.head(15), hide_index=True)
+            right.markdown("**punished most**")
+            right.dataframe(words.iloc[::-1].head(15), hide_index=True)
+    figures = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not figures:
+        st.caption(f"No figures found in {folder}: the stage's folder was moved or deleted.")
+    for figure in figures:
+        st.image(str(figure), caption=figure.stem.replace("_", " "))
 
 
 def page_comparison() -> None:
@@ -352,8 +409,8 @@ def page_cai() -> None:
             column.caption(f"gold {gold:+.3f}")
 
 
-RENDER = {"runs": page_runs, "curves": page_curves, "reward": page_reward, "comparison": page_comparison,
-          "samples": page_samples, "failures": page_failures, "sweep": page_sweep,
+RENDER = {"runs": page_runs, "curves": page_curves, "reward": page_reward, "interpret": page_interpret,
+          "comparison": page_comparison, "samples": page_samples, "failures": page_failures, "sweep": page_sweep,
           "hacking": page_hacking, "cai": page_cai}
 
 

@@ -25,7 +25,7 @@ from tests.test_ppo import TINY
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboards" / "app.py"
 QUERIES = sorted((REPO / "dashboards" / "queries").glob("*.sql"))
-PAGES = ("runs", "curves", "reward", "comparison", "samples", "failures", "sweep", "hacking", "cai")
+PAGES = ("runs", "curves", "reward", "interpret", "comparison", "samples", "failures", "sweep", "hacking", "cai")
 NAN_AT_STEP = 5  # TINY checkpoints every 3 steps: the retry resumes from step 3
 _BUILT: dict[str, Path] = {}
 
@@ -38,11 +38,11 @@ def build_dashboard_store(root: Path) -> Path:
 
     # SFT and PPO only: the stages are run one by one here, and the pages are tested on those two policies.
     cfg = load_config(None, TINY + [f"output_dir={root}", "eval.n_prompts=8", "dpo.enabled=false",
-                                    "rloo.enabled=false"])
+                                    "rloo.enabled=false", "interpret.enabled=true"])
     store = Store.for_output_dir(root)
     run_id = store.start_run(cfg.model_dump(mode="json"))
     results = {}
-    for stage in ("data", "sft", "reward"):
+    for stage in ("data", "sft", "reward", "interpret"):
         results[stage] = run_stage(plan(cfg, stage, results), store, run_id)
     with pytest.MonkeyPatch.context() as patch, pytest.raises(PPOUnstable):
         patch.setenv(TEST_NAN_AT_STEP_ENV, str(NAN_AT_STEP))
@@ -263,6 +263,19 @@ def test_reward_page_shows_accuracy_per_intent_and_score_against_length(filled_s
     points = list(score_vs_length.values())[0]
     assert set(points["policy"]) == {"sft", "ppo"} and len(points) == 16
     assert "reward/accuracy" in set(at.dataframe[0].value["name"])
+
+
+@pytest.mark.slow
+def test_interpret_page_draws_the_probes_per_layer_and_the_stage_figures(filled_store, monkeypatch):
+    at = open_page(filled_store, "interpret", monkeypatch)
+    (_, data), = charts(at)
+    probes = list(data.values())[0]
+    assert set(probes["feature"]) == {"correct", "hedge", "filler", "refusal", "length"}
+    stored = Store(filled_store).query("select name, value from v_metrics where stage = 'interpret'")
+    assert len(probes) == stored["name"].str.contains(r"/layer\d+$").sum()  # every (feature, layer) probe, once
+    assert set(at.dataframe[0].value["feature"]) == set(probes["feature"])
+    shown = [caption for image in at.get("image") for caption in image.captions]
+    assert sorted(shown) == ["attribution 1", "attribution 2", "attribution 3", "probes"]
 
 
 @pytest.mark.slow
