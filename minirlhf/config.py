@@ -159,6 +159,9 @@ class RewardConfig(_DataParallel):
     logging_steps: int = Field(10, ge=1)
     # Eisenstein et al. 2023 / TRL: keeps scores centred near zero, which PPO's value function likes.
     center_rewards_coefficient: float | None = Field(0.01, ge=0)
+    length_corr_coef: float = Field(0.0, ge=0, description="a length-debiased objective: adds this times "
+                                    "|Pearson(margin, length difference)| over each batch's pairs to the loss "
+                                    "(after ODIN, Chen et al. 2024); 0: the plain Bradley-Terry loss")
     score_stats_max_pairs: int | None = Field(500, ge=2, description="training pairs scored for reward/score_mean, "
                                               "reward/score_std (None: all; a big reward model on CPU: a few hundred)")
 

@@ -8,6 +8,11 @@ Usage:
 Scores are read through `minirlhf.scoring.score_texts`, the one scoring function of the project (PPO, RLOO and
 evaluation use it too): `prompt + response + EOS`, exactly as RewardTrainer trained on.
 
+`reward.length_corr_coef` > 0 trains with a length-debiased objective: the Bradley-Terry loss plus that coefficient
+times |Pearson correlation| between each batch's margins and the pairs' length differences (tokens), the length
+loss of ODIN (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF") taken over pairs, so the
+shared prompt's length cancels.
+
 Held-out metrics (names as stored in DuckDB):
   reward/accuracy          agreement with the (noisy) held-out labels
   reward/label_ceiling     how often the noiseless gold choice agrees with those same labels (embedded task)
@@ -106,17 +111,43 @@ def new_reward_model(cfg: PipelineConfig, backbone: str, seed: int):
                              response_marker=cfg.reward.response_marker)
 
 
-def train_reward_model(cfg: PipelineConfig, model, tokenizer, train: list[dict], out_dir: Path, seed: int,
-                       logger: MetricLogger, history: list[dict], name: str = "reward", epochs: float | None = None):
-    """Train one reward model (Bradley-Terry, TRL's RewardTrainer) on `train` pairs and save it, LoRA merged, to
-    `out_dir`; returns (TrainOutput, trainable parameter count, the trained model). `seed` decides the data order;
-    `epochs` overrides reward.num_train_epochs (the ensemble's members)."""
+def length_correlation(margins: torch.Tensor, length_diffs: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """|Pearson(margins, length_diffs)| over a batch's pairs: (n,), (n,) -> scalar. 0 where either is constant."""
+    m, d = margins - margins.mean(), length_diffs.float() - length_diffs.float().mean()
+    return (m * d).sum().abs() / ((m.pow(2).sum() * d.pow(2).sum()).sqrt() + eps)
+
+
+class LengthDebiasedRewardTrainer(RewardTrainer):
+    """TRL's RewardTrainer with `length_corr_coef * length_correlation(...)` added to its loss. RewardTrainer stacks
+    each batch as (chosen, rejected) rows, so the attention masks give each response's length in tokens."""
+
+    def __init__(self, *args, length_corr_coef: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.length_corr_coef = length_corr_coef
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)  # (n,), (n,)
+        chosen_len, rejected_len = torch.chunk(inputs["attention_mask"].sum(dim=1), chunks=2)
+        corr = length_correlation(chosen - rejected, chosen_len - rejected_len)
+        self._metrics["train" if model.training else "eval"]["length_corr"].append(float(corr))
+        loss = loss + self.length_corr_coef * corr
+        return (loss, outputs) if return_outputs else loss
+
+
+def reward_trainer(cfg: PipelineConfig, model, tokenizer, train: list[dict], out_dir: Path, seed: int,
+                   logger: MetricLogger, history: list[dict], name: str = "reward",
+                   epochs: float | None = None) -> RewardTrainer:
+    """TRL's RewardTrainer on `train` pairs with the reward section's settings (the length-debiased one where
+    reward.length_corr_coef > 0). `seed` decides the data order; `epochs` overrides reward.num_train_epochs."""
     args = RewardConfig(
         **(trainer_common_args(cfg.reward, seed, out_dir / "trainer")
            | ({"num_train_epochs": epochs} if epochs is not None else {})),
         center_rewards_coefficient=cfg.reward.center_rewards_coefficient,
     )
-    trainer = RewardTrainer(
+    debiased = cfg.reward.length_corr_coef > 0
+    return (LengthDebiasedRewardTrainer if debiased else RewardTrainer)(
+        **({"length_corr_coef": cfg.reward.length_corr_coef} if debiased else {}),
         model=model,
         args=args,
         train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]),
@@ -125,6 +156,14 @@ def train_reward_model(cfg: PipelineConfig, model, tokenizer, train: list[dict],
         # LoRA: adapters plus a fully trained score head (peft's SEQ_CLS keeps 'score'/'classifier' trainable)
         peft_config=lora_config(cfg.model.lora, "SEQ_CLS"),
     )
+
+
+def train_reward_model(cfg: PipelineConfig, model, tokenizer, train: list[dict], out_dir: Path, seed: int,
+                       logger: MetricLogger, history: list[dict], name: str = "reward", epochs: float | None = None):
+    """Train one reward model (Bradley-Terry, `reward_trainer`) on `train` pairs and save it, LoRA merged, to
+    `out_dir`; returns (TrainOutput, trainable parameter count, the trained model). `epochs`: the ensemble's
+    members."""
+    trainer = reward_trainer(cfg, model, tokenizer, train, out_dir, seed, logger, history, name, epochs)
     output, trainable, model = train_and_save(trainer, tokenizer, out_dir)  # LoRA merged: a plain checkpoint
     shutil.rmtree(out_dir / "trainer", ignore_errors=True)
     return output, trainable, model
