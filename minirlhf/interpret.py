@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -216,30 +217,8 @@ def interpret_without_gold(cfg: PipelineConfig, model, tokenizer, rows: list[dic
     return metrics, examples, words
 
 
-def run_interpret(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, out_dir: Path,
-                  logger: MetricLogger | None = None) -> StageResult:
-    """Probes per layer for each feature on the held-out pairs' responses, and leave-one-out attributions for
-    three example responses. Metrics: interpret/<feature>/layer<i>, /decodable_at, /score_r2, /baseline. On data
-    without gold (data.source: hh): attributions, the words table and interpret/length_corr instead of probes."""
-    from minirlhf.plots import plot_attribution, plot_probes, plot_word_effects
-
-    logger = logger or NullLogger()
-    started = time.perf_counter()
-    tokenizer, model = load_reward_model(str(reward_dir))
-    pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")
-    if cfg.data.source == "hh":
-        rows = [{"prompt": p["prompt"], "response": p[side]} for p in pairs for side in ("chosen", "rejected")]
-        metrics, examples, words = interpret_without_gold(cfg, model, tokenizer, rows)
-        logger.log_metrics(metrics, step=0)
-        result = StageResult("interpret", metrics=metrics)
-        with stage_output(out_dir, result) as tmp:
-            (tmp / RESULTS).write_text(json.dumps({"examples": examples, "words": words}, indent=1))
-            plot_word_effects(words, tmp / "words.png")
-            for i, (name, example) in enumerate(examples.items(), start=1):
-                plot_attribution(name, example["tokens"], tmp / f"attribution_{i}.png")
-            result.seconds = time.perf_counter() - started
-        return result
-    rows = [{"prompt": p["prompt"], "response": p[side]} for p in pairs for side in ("chosen", "rejected")]
+def interpret_with_features(model, tokenizer, rows: list[dict]) -> tuple[dict, dict, dict]:
+    """(metrics, examples, probe table) on the embedded task, whose response features are known."""
     for row in rows:
         row["features"] = response_features(row["prompt"], row["response"])
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
@@ -257,11 +236,34 @@ def run_interpret(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, out_dir
         metrics |= {f"interpret/{feature}/layer{i}": v for i, v in enumerate(row["layers"])}
         metrics |= {f"interpret/{feature}/{k}": float(row[k]) for k in ("decodable_at", "baseline", "score_r2")
                     if k in row}
+    return metrics, examples, table
+
+
+def run_interpret(cfg: PipelineConfig, data_dir: Path, reward_dir: Path, out_dir: Path,
+                  logger: MetricLogger | None = None) -> StageResult:
+    """Probes per layer for each feature on the held-out pairs' responses, and leave-one-out attributions for
+    three example responses. Metrics: interpret/<feature>/layer<i>, /decodable_at, /score_r2, /baseline. On data
+    without gold (data.source: hh): attributions, the words table and interpret/length_corr instead of probes."""
+    from minirlhf.plots import plot_attribution, plot_probes, plot_word_effects
+
+    logger = logger or NullLogger()
+    started = time.perf_counter()
+    tokenizer, model = load_reward_model(str(reward_dir))
+    pairs = read_jsonl(Path(data_dir) / "pairs_test.jsonl")
+    rows = [{"prompt": p["prompt"], "response": p[side]} for p in pairs for side in ("chosen", "rejected")]
+    if cfg.data.source == "hh":
+        metrics, examples, words = interpret_without_gold(cfg, model, tokenizer, rows)
+        saved = {"examples": examples, "words": words}
+        figure, draw = "words.png", partial(plot_word_effects, words)
+    else:
+        metrics, examples, table = interpret_with_features(model, tokenizer, rows)
+        saved = {"probes": table, "examples": examples}
+        figure, draw = "probes.png", partial(plot_probes, table)
     logger.log_metrics(metrics, step=0)
     result = StageResult("interpret", metrics=metrics)
     with stage_output(out_dir, result) as tmp:
-        (tmp / RESULTS).write_text(json.dumps({"probes": table, "examples": examples}, indent=1))
-        plot_probes(table, tmp / "probes.png")
+        (tmp / RESULTS).write_text(json.dumps(saved, indent=1))
+        draw(tmp / figure)
         for i, (name, example) in enumerate(examples.items(), start=1):
             plot_attribution(name, example["tokens"], tmp / f"attribution_{i}.png")
         result.seconds = time.perf_counter() - started
