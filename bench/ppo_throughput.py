@@ -52,7 +52,8 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     up = run_pipeline(cfg, ("data", "sft", "reward"))
     ckpt = Path(cfg.output_dir) / "bench" / "ppo-checkpoints"
-    trainer = build_trainer(cfg, up["data"].output_dir, up["sft"].output_dir, up["reward"].output_dir, ckpt)
+    data_dir, sft_dir, reward_dir = (up[s].path(cfg.output_dir) for s in ("data", "sft", "reward"))
+    trainer = build_trainer(cfg, data_dir, sft_dir, reward_dir, ckpt)
     trainer.args.steps = 10**9  # no learning-rate annealing to zero during the bench
 
     trainer.train_step()  # warm-up

@@ -118,8 +118,11 @@ def stage_line(name: str, result, bar_shown: bool = True) -> str | None:
         return (f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s  {', '.join(POLICIES[p] for p in policies)} compared, "
                 f"{events} failure event{'s' if events != 1 else ''}")
     head = f"✓ {name:<{NAME_WIDTH}} {result.seconds:.1f} s"
-    if name == "interpret" and "interpret/n_responses" in m:
+    if name == "interpret" and "interpret/layers" in m:
         return f"{head}  probes on {int(m['interpret/n_responses'])} responses, {int(m['interpret/layers'])} layers"
+    if name == "interpret" and "interpret/length_corr" in m:  # data without gold: attributions, no probes
+        return (f"{head}  attributions of {int(m['interpret/word_responses'])} of {int(m['interpret/n_responses'])} "
+                f"responses; score-length correlation {m['interpret/length_corr']:+.2f}")
     if name == "cai" and "cai/n_prompts" in m:
         gold = (f"; gold {m['cai/initial_gold']:+.2f} -> {m['cai/revised_gold']:+.2f}"
                 if {"cai/initial_gold", "cai/revised_gold"} <= m.keys() else "")

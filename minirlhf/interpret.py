@@ -151,14 +151,16 @@ def probe_layers(states: torch.Tensor, labels: dict[str, torch.Tensor], train: t
 
 
 @torch.no_grad()
-def leave_one_out(model, tokenizer, prompt: str, response: str) -> list[tuple[str, float]]:
-    """For each token of `response`: (its text, score of the whole - score without it)."""
+def leave_one_out(model, tokenizer, prompt: str, response: str, max_length: int = 512) -> list[tuple[str, float]]:
+    """For each token of `response`: (its text, score of the whole - score without it); texts cut from the left to
+    `max_length` tokens, as the reward model was scored in its own evaluation."""
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     pieces = [tokenizer.decode(ids[:i]) for i in range(len(ids) + 1)]
     # Dropping token i: the text of the tokens before it plus the text of those after (decoded apart, so a
     # token's removal never changes how its neighbours are spelled).
     without = [tokenizer.decode(ids[:i]) + tokenizer.decode(ids[i + 1 :]) for i in range(len(ids))]
-    scores = score_texts(model, tokenizer, [prompt] * (len(without) + 1), [pieces[-1], *without])
+    scores = score_texts(model, tokenizer, [prompt] * (len(without) + 1), [pieces[-1], *without],
+                         max_length=max_length)
     full = float(scores[0])
     return [(tokenizer.decode([t]), full - float(s)) for t, s in zip(ids, scores[1:])]
 
@@ -202,16 +204,25 @@ def pick_hh_examples(rows: list[dict], scores: torch.Tensor, max_tokens: int, to
 
 
 def interpret_without_gold(cfg: PipelineConfig, model, tokenizer, rows: list[dict]) -> tuple[dict, dict, list]:
-    """(metrics, examples, words) for data with no known features: see the module docstring."""
+    """(metrics, examples, words) for data with no known features: see the module docstring. Texts are scored at
+    reward.max_length tokens, as the reward model trained and was evaluated."""
+    from minirlhf.training import progress_bar
+
+    max_length = cfg.reward.max_length
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    scores = score_texts(model, tokenizer, prompts, responses)  # (n,)
+    scores = score_texts(model, tokenizer, prompts, responses, max_length=max_length)  # (n,)
     lengths = torch.tensor([float(len(r.split())) for r in responses])
-    examples = {name: {"prompt": r["prompt"], "response": r["response"],
-                       "tokens": leave_one_out(model, tokenizer, r["prompt"], r["response"])}
-                for name, r in pick_hh_examples(rows, scores, 40, tokenizer).items()}
+    picked = pick_hh_examples(rows, scores, 40, tokenizer)
     sample = rows[: cfg.interpret.word_responses]
-    words = word_effects([leave_one_out(model, tokenizer, r["prompt"], r["response"]) for r in sample],
-                         cfg.interpret.word_min_count)
+    bar = progress_bar("interpret", len(picked) + len(sample))  # one reply's every token left out per update
+    attributions = []
+    for r in [*picked.values(), *sample]:
+        attributions.append(leave_one_out(model, tokenizer, r["prompt"], r["response"], max_length))
+        bar.update()
+    bar.close()
+    examples = {name: {"prompt": r["prompt"], "response": r["response"], "tokens": tokens}
+                for (name, r), tokens in zip(picked.items(), attributions)}
+    words = word_effects(attributions[len(picked) :], cfg.interpret.word_min_count)
     metrics = {"interpret/n_responses": float(len(rows)), "interpret/word_responses": float(len(sample)),
                "interpret/length_corr": float(torch.corrcoef(torch.stack([scores, lengths]))[0, 1])}
     return metrics, examples, words

@@ -107,6 +107,9 @@ def test_stage_lines():
     assert rlaif.endswith("16 pairs relabelled; the human label kept on 75%")
     assert stage_line("interpret", StageResult("interpret", seconds=1.0, metrics={
         "interpret/n_responses": 120.0, "interpret/layers": 2.0})).endswith("probes on 120 responses, 2 layers")
+    assert stage_line("interpret", StageResult("interpret", seconds=1.0, metrics={  # HH: no probes
+        "interpret/n_responses": 594.0, "interpret/word_responses": 120.0, "interpret/length_corr": -0.4})).endswith(
+        "attributions of 120 of 594 responses; score-length correlation -0.40")
 
 
 def test_a_failed_attempt_prints_one_line_but_a_user_error_is_left_to_the_cli(capsys):

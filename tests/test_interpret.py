@@ -136,12 +136,13 @@ def test_the_interpret_stage_on_hh_attributes_replies_and_tables_words(tmp_path)
     rows = [(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")]
     assert m["interpret/n_responses"] == 2 * len(pairs) == 40 and m["interpret/word_responses"] == 6
     _, rm = load_reward_model(str(tmp_path / "rm"))
-    scores = score_texts(rm, tokenizer, [p for p, _ in rows], [r for _, r in rows])
+    n = cfg.reward.max_length  # the stage scores texts as the reward model trained: cut from the left to this
+    scores = score_texts(rm, tokenizer, [p for p, _ in rows], [r for _, r in rows], max_length=n)
     lengths = torch.tensor([float(len(r.split())) for _, r in rows])
     assert m["interpret/length_corr"] == pytest.approx(float(torch.corrcoef(torch.stack([scores, lengths]))[0, 1]),
                                                        abs=1e-4)
     saved = json.loads((out / "probes.json").read_text())
-    per_reply = [leave_one_out(rm, tokenizer, p, r) for p, r in rows[:6]]
+    per_reply = [leave_one_out(rm, tokenizer, p, r, n) for p, r in rows[:6]]
     assert sum(w["count"] for w in saved["words"]) == sum(1 for t in per_reply for tok, _ in t if tok.strip())
     assert [w["word"] for w in saved["words"]] == [w["word"] for w in word_effects(per_reply, 1)]
     examples = saved["examples"]
@@ -150,7 +151,7 @@ def test_the_interpret_stage_on_hh_attributes_replies_and_tables_words(tmp_path)
     highest, lowest = (examples[f"{end}-scored reply"]["response"] for end in ("highest", "lowest"))
     assert score_of[highest] >= score_of[lowest]
     top = examples["highest-scored reply"]
-    again = leave_one_out(rm, tokenizer, top["prompt"], top["response"])
+    again = leave_one_out(rm, tokenizer, top["prompt"], top["response"], n)
     assert [t for t, _ in again] == [t for t, _ in top["tokens"]]
     assert [e for _, e in again] == pytest.approx([e for _, e in top["tokens"]], abs=1e-5)
     assert (out / "words.png").is_file() and len(list(out.glob("attribution_*.png"))) == len(examples)
