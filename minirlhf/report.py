@@ -280,6 +280,9 @@ def section_interpret(store: Store, run_id: str, figures: FigureFolder) -> list[
     rows = _query(store, "interpret", run_id=run_id)
     if rows.empty:
         return lines + [_missing("reward-model probes", f"{RUN_HINT} --set interpret.enabled=true")]
+    if rows["run_id"].iloc[0] != run_id:
+        lines += [f"_From run `{rows['run_id'].iloc[0][:12]}`, the newest interpret stage in this store (this run "
+                  "has none of its own)._", ""]
     values = dict(zip(rows["name"], rows["value"]))
     features = sorted({n.split("/")[1] for n in values if n.count("/") == 2 and n.endswith("/decodable_at")})
     layers = int(values.get("interpret/layers", 0))

@@ -337,6 +337,9 @@ def test_a_run_that_reused_every_stage_shows_the_computing_runs_curves_and_sampl
     assert f"recorded by run `{main[:12]}`" in curves and table_row(curves, "2")[2] == "4–6"
     assert section(text, "Samples side by side").count("| policy | response |") == 6
     assert "great great great" in section(text, "Failure events")
+    probes = section(text, "Reward model").split("### What the reward model computes", 1)[1]
+    assert f"_From run `{main[:12]}`, the newest interpret stage" in probes  # no interpret stage of its own
+    assert table_row(probes, "filler") == ["filler", "0.950", "0.700", "2", "0.900"]
 
 
 def test_missing_sections_say_what_to_run(tmp_path):
