@@ -105,7 +105,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("rlaif.py", "judge.py", "reward.py", "scoring.py", "constitution.py", "stats.py", *TRAINING)),
     # What the reward model computes: probes and token attributions (off by default).
     Stage("interpret", ("interpret",), ("data", "reward"), "minirlhf.interpret:run_interpret",
-          ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "pooling.py", "data/task.py", *GOLD)),
+          ("interpret.py", "scoring.py", "plots.py", "gao.py", "models.py", "pooling.py", "training.py",
+           "distributed.py", "data/task.py", *GOLD)),
     # Its key holds the digest of every policy it compares: switching a baseline on or off changes it.
     Stage("eval", ("model", "eval", "detect"), ("data", "sft", "reward", *POLICY_STAGES), "minirlhf.evaluate:run_eval",
           ("evaluate.py", *WATCHED_PPO, *SAMPLING, *TRAINING)),
