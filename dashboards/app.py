@@ -171,13 +171,6 @@ def page_reward() -> None:
         color="policy:N", tooltip=["policy", "intent", "response_words", "proxy_reward", "gold_reward"]))
 
 
-def interpret_folder(output_dir: str) -> Path:
-    """The interpret stage's folder: beside the store (`<root>/interpret/<key>`), so a moved output root still finds
-    its figures; the recorded path otherwise."""
-    beside = db_path().parent / "interpret" / Path(output_dir).name
-    return beside if beside.is_dir() else Path(output_dir)
-
-
 def probe_table(metrics: dict[str, float]) -> pd.DataFrame:
     """(feature, layer, score) rows from interpret/<feature>/layer<i> metrics."""
     rows = [(name.split("/")[1], int(name.rsplit("layer", 1)[1]), value) for name, value in metrics.items()
@@ -194,7 +187,9 @@ def page_interpret() -> None:
     run_id = pick_run(table["run_id"].drop_duplicates())
     table = table[table["run_id"] == run_id]
     metrics = dict(zip(table["name"], table["value"]))
-    folder = interpret_folder(str(table["output_dir"].iloc[0]))
+    recorded = str(table["output_dir"].iloc[0])
+    folder = Store(db_path()).stage_folder("interpret", recorded)  # beside the store: a moved root keeps its figures
+    folder = folder if folder.is_dir() else Path(recorded)
     probes = probe_table(metrics)
     if not probes.empty:
         st.subheader("Linear probes per layer")

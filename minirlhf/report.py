@@ -290,7 +290,7 @@ def section_interpret(store: Store, run_id: str, figures: FigureFolder) -> list[
     def best(feature: str) -> float:
         return max(values.get(f"interpret/{feature}/layer{i}", float("nan")) for i in range(layers + 1))
 
-    folder = store.path.parent / "interpret" / Path(str(rows["output_dir"].iloc[0])).name  # beside the store
+    folder = store.stage_folder("interpret", rows["output_dir"].iloc[0])
     if features:
         lines += ["Linear probes on the hidden state the score is read from (the last token), one per layer, trained "
                   "on half of the held-out pairs' responses and scored on the other half (accuracy; R² for length). "
@@ -526,8 +526,7 @@ def section_hacking(store: Store, figures: FigureFolder) -> list[Block]:
                         [(r["detector"], _num(r["threshold"], 3), _num(r["recall"], 2), _num(r["n_hacked"], 0),
                           _num(r["false_alarms"], 0), _num(r["n_healthy"], 0), _num(r["median_lead"], 1))
                          for _, r in detectors.iterrows()]))
-    # the stage's own figure, found beside the store (<output_dir>/calibration/<key>/): a moved root still has it
-    figure = store.path.parent / "calibration" / Path(str(cal["output_dir"])).name / "calibration.png"
+    figure = store.stage_folder("calibration", cal["output_dir"]) / "calibration.png"  # the stage's own figure
     if figure.is_file():
         lines += ["", ReportFigure(figures.draw("calibration.png", copy_figure, str(figure), sha256_file(figure)),
                                    "gold, proxy and the gold-free signals against PPO step", "hacking",

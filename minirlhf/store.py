@@ -153,6 +153,11 @@ class Store:
     def for_output_dir(cls, output_dir: str | Path, lock_timeout_s: float = 60.0) -> "Store":
         return cls(Path(output_dir) / DB_FILENAME, lock_timeout_s=lock_timeout_s)
 
+    def stage_folder(self, stage: str, recorded_output_dir: str | Path) -> Path:
+        """A stage output's folder beside this store (`<root>/<stage>/<key>`), from the path a stage run recorded:
+        a copied or moved output root still finds its files."""
+        return self.path.parent / stage / Path(str(recorded_output_dir)).name
+
     @classmethod
     def for_config(cls, cfg) -> "Store":
         """The store of a PipelineConfig: `<output_dir>/rlhf.duckdb`, waiting `store.lock_timeout_s` for the lock."""
